@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny open_clip CLIP (random init, seeded) and small configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medpt.clip import TINY_CLIP, load_clip
+from medpt.engine import build_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: opts that put a run on the tiny CLIP (32 px input).
+TINY_OPTS = ["MODEL.BACKBONE.NAME", TINY_CLIP, "MODEL.BACKBONE.PRETRAINED", "",
+             "MODEL.BACKBONE.ALLOW_RANDOM_INIT", "True", "INPUT.SIZE", "(32, 32)",
+             "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False"]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture
+def tiny_clip():
+    """A fresh tiny CLIP backbone (seeded random init), frozen, fp32."""
+    return load_clip(TINY_CLIP, "", allow_random_init=True, init_seed=0)
+
+
+def tiny_cfg(trainer: str, dataset: str = "pneumonia_sample", *, output_dir, opts=(), protocol="demo", seed=1):
+    """A frozen config for ``trainer`` on the tiny CLIP."""
+    return build_config(trainer, dataset, protocol=protocol, seed=seed, output_dir=str(output_dir),
+                        opts=TINY_OPTS + list(opts))
