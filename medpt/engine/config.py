@@ -15,7 +15,8 @@ Merge order (later wins)::
     -> freeze
 
 Keys added beyond Dassl: ``PROTOCOL``, ``DATASET.SPLIT_FILE``,
-``MODEL.BACKBONE.{PRETRAINED, ALLOW_RANDOM_INIT, INIT_SEED}``.
+``MODEL.BACKBONE.{PRETRAINED, ALLOW_RANDOM_INIT, INIT_SEED}``,
+``MODEL.FEATURE_CACHE.{ENABLED, DIR, NUM_VIEWS, VIEW_SEED}``.
 An unknown key anywhere raises :class:`ConfigError` naming the file (or the command-line
 option) and the closest known keys.
 """
@@ -68,6 +69,8 @@ def get_cfg_default() -> CN:
     _C.DATASET.ROOT = ""
     _C.DATASET.NAME = ""
     _C.DATASET.NUM_SHOTS = -1
+    # Suite: fraction of the labelled training data to keep (paper data-efficiency study: 0.1, 0.3).
+    _C.DATASET.LABEL_RATIO = 1.0
     _C.DATASET.SUBSAMPLE_CLASSES = "all"
     # A user's own split file (JSON, CoOp format); empty = the reader's default split.
     _C.DATASET.SPLIT_FILE = ""
@@ -91,6 +94,17 @@ def get_cfg_default() -> CN:
     # Only the demo protocol sets this: fall back to a seeded random-init backbone, loudly.
     _C.MODEL.BACKBONE.ALLOW_RANDOM_INIT = False
     _C.MODEL.BACKBONE.INIT_SEED = 0
+    # Suite: shared cache of frozen, unprompted image features (medpt/clip/feature_cache.py),
+    # used by trainers built on medpt/trainers/_frozen.py. DIR "" = $MEDPT_FEATURE_CACHE or
+    # ~/.cache/medpt/features. NUM_VIEWS 0: random-augmented training images are encoded live
+    # (exact protocol; test/val and deterministic training features are still cached);
+    # V > 0: a bank of V augmented views per training image, one drawn per epoch (a documented
+    # protocol deviation). VIEW_SEED -1: the run's SEED (a fixed value shares banks across seeds).
+    _C.MODEL.FEATURE_CACHE = CN()
+    _C.MODEL.FEATURE_CACHE.ENABLED = True
+    _C.MODEL.FEATURE_CACHE.DIR = ""
+    _C.MODEL.FEATURE_CACHE.NUM_VIEWS = 0
+    _C.MODEL.FEATURE_CACHE.VIEW_SEED = -1
 
     _C.OPTIM = CN()
     _C.OPTIM.NAME = "sgd"
@@ -144,7 +158,7 @@ def _all_keys(node: CN, prefix: str = "") -> List[str]:
 
 def _explain(cfg: CN, err: Exception, source: str) -> ConfigError:
     msg = str(err).strip("'\"")
-    if "Non-existent config key" in msg:
+    if "Non-existent config key" in msg or "Non-existent key" in msg:
         key = msg.split(":", 1)[1].strip()
         close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -13,7 +13,10 @@ Deliberate differences from the official code:
 
 * fp32 master weights; ``PREC: amp`` runs the encoders under bf16 autocast on CUDA. The official
   ``PREC: fp16`` casts CLIP and the context vectors to fp16 and trains them in fp16.
-* the image encoder runs under ``torch.no_grad`` (it is frozen; same values, less memory);
+* the image encoder runs under ``torch.no_grad`` (it is frozen; same values, less memory), and
+  its features may come from the shared image-feature cache
+  (:mod:`medpt.trainers._frozen`; identical values for deterministic pipelines; random
+  training views are encoded live unless ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0);
 * at test, the class text features are computed once per test pass instead of once per batch
   (same values);
 * text passes stop at the longest EOT (exact up to float summation order, see TextEncoder);
@@ -30,7 +33,7 @@ from yacs.config import CfgNode as CN
 
 from ..clip import PromptLearner, TextEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ._frozen import FrozenImageEncoderTrainer
 
 
 class CoOpCLIP(nn.Module):
@@ -56,19 +59,28 @@ class CoOpCLIP(nn.Module):
         prompts = self.prompt_learner()
         return F.normalize(self.text_encoder(prompts, self.prompt_learner.eot_idx), dim=-1)
 
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W] -> [B, E]`` unnormalised float32 features of the frozen image encoder."""
+        with torch.no_grad():
+            return self.clip.encode_image(images).float()
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, E]`` normalised features of the frozen image encoder."""
-        with torch.no_grad():
-            return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        return F.normalize(self.encode_image(images), dim=-1)
+
+    def forward_features(self, image_features: torch.Tensor,
+                         text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits."""
+        t = self.text_features() if text_features is None else text_features
+        return self.clip.logit_scale.exp() * F.normalize(image_features.float(), dim=-1) @ t.t()
 
     def forward(self, images: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, C]`` logits; ``text_features`` may be passed in to reuse them."""
-        t = self.text_features() if text_features is None else text_features
-        return self.clip.logit_scale.exp() * self.image_features(images) @ t.t()
+        return self.forward_features(self.encode_image(images), text_features)
 
 
 @TRAINER_REGISTRY.register("CoOp")
-class CoOp(TrainerX):
+class CoOp(FrozenImageEncoderTrainer):
     """CoOp trainer. Config ``TRAINER.COOP``: N_CTX, CSC, CTX_INIT, CLASS_TOKEN_POSITION, PREC."""
 
     CONFIG_KEY = "COOP"
@@ -99,9 +111,9 @@ class CoOp(TrainerX):
         self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
+        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
         with self.autocast():
-            logits = self.model(images)
+            logits = self.model.forward_features(feats)
         loss = F.cross_entropy(logits.float(), labels)
         self.model_backward_and_update(loss)
         return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
@@ -113,5 +125,5 @@ class CoOp(TrainerX):
     def after_test(self) -> None:
         self._test_text = None
 
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(feats, text_features=self._test_text)

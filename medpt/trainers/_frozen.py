@@ -1,0 +1,200 @@
+"""Shared base for trainers whose image encoder is frozen and unprompted.
+
+Such a method only needs ``encode_image(x)`` of each image; its head (prompted text tower,
+adapter, linear classifier ...) works on those features. :class:`FrozenImageEncoderTrainer`
+feeds the head ``[B, E]`` unnormalised image features, either from the shared
+:mod:`medpt.clip.feature_cache` or from the encoder on the fly, so a method writes its logic once
+and gets the cache for free. Source of the design: methods.md §10; design.md "Speed".
+
+A method implements:
+
+* ``build_model()`` as for any trainer;
+* ``forward_backward(batch)``: ``feats, labels = self.parse_batch_train(batch)`` gives
+  ``[B, E]`` float32 features and ``[B]`` labels whatever the path;
+* ``inference_features(feats) -> [B, C]`` logits; :meth:`model_inference` accepts images
+  ``[B, 3, H, W]`` or features ``[B, E]``.
+
+When the cache is used (``MODEL.FEATURE_CACHE.ENABLED``):
+
+* test/val features (deterministic, one view) always come from the cache;
+* training features come from the cache when the training pipeline is deterministic (then the
+  batches, their order and the logits equal the uncached path), or when
+  ``MODEL.FEATURE_CACHE.NUM_VIEWS`` = V > 0 (a bank of V augmented views per image, one drawn
+  per image and epoch: a protocol deviation); otherwise random views are encoded live.
+
+The image encoder always runs under ``torch.no_grad`` and the method's :meth:`autocast`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..clip.feature_cache import (CachedFeatureLoader, FeatureBank, FeatureCache, build_feature_bank,
+                                  data_fingerprint, is_random_transform, module_fingerprint, resolve_cache_dir,
+                                  transform_signature)
+from ..engine.trainer import TrainerX
+
+
+class FrozenImageEncoderTrainer(TrainerX):
+    """TrainerX whose methods consume frozen image features (see module doc).
+
+    Class attributes:
+        TRAIN_PIPELINE: ``"train"`` (the config's augmentation, default) or ``"test"`` (the
+            deterministic test pipeline, e.g. the linear probe's feature extraction).
+    """
+
+    TRAIN_PIPELINE = "train"
+
+    # -- encoder -----------------------------------------------------------------------------
+    @property
+    def clip_model(self):
+        """The frozen open_clip CLIP model."""
+        return self.get_backbone().model
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W] -> [B, E]`` unnormalised float32 image features (frozen encoder)."""
+        with self.autocast():
+            return self.clip_model.encode_image(images.to(self.device)).float()
+
+    def _as_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device).float() if x.dim() == 2 else self.encode_images(x)
+
+    def parse_batch_train(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features [B, E], labels [B])`` from a cached batch or an image batch."""
+        x = batch["feat"] if "feat" in batch else batch["img"]
+        return self._as_features(x), batch["label"].to(self.device)
+
+    def parse_batch_test(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = batch["feat"] if "feat" in batch else batch["img"]
+        return x.to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` or features ``[B, E]`` -> ``[B, C]`` logits."""
+        return self.inference_features(self._as_features(x))
+
+    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits (method-specific)."""
+        raise NotImplementedError
+
+    # -- cache -------------------------------------------------------------------------------
+    @property
+    def cache_cfg(self):
+        return self.cfg.MODEL.FEATURE_CACHE
+
+    @property
+    def cache_enabled(self) -> bool:
+        return bool(self.cache_cfg.ENABLED)
+
+    def feature_cache(self) -> Optional[FeatureCache]:
+        """The run's :class:`FeatureCache`, or ``None`` when disabled."""
+        if not self.cache_enabled:
+            return None
+        if getattr(self, "_feature_cache", None) is None:
+            self._feature_cache = FeatureCache(resolve_cache_dir(self.cfg))
+        return self._feature_cache
+
+    def encoder_key(self) -> Dict:
+        """The image-encoder part of a cache key (computed once per trainer)."""
+        if getattr(self, "_encoder_key", None) is None:
+            import open_clip
+
+            bb = self.get_backbone()
+            self._encoder_key = {
+                "backbone": bb.name, "weights": bb.weights_id, "visual_sha256": module_fingerprint(bb.model.visual),
+                "device": self.device.type, "prec": "amp" if (self.prec == "amp" and self.device.type == "cuda") else "fp32",
+                "torch": torch.__version__.split("+")[0], "open_clip": open_clip.__version__,
+            }
+        return self._encoder_key
+
+    def _view_seed(self) -> int:
+        s = int(self.cache_cfg.VIEW_SEED)
+        return s if s >= 0 else max(int(self.cfg.SEED), 0)
+
+    def _split_data(self, split: str):
+        ds = self.dm.dataset
+        return {"train": ds.train_x, "val": ds.val, "test": ds.test}[split]
+
+    def feature_bank(self, split: str, pipeline: Optional[str] = None, use_cache: Optional[bool] = None) -> FeatureBank:
+        """Features of ``split`` (``train``/``val``/``test``) through ``pipeline`` (``train``/``test``;
+        default: ``TRAIN_PIPELINE`` for train, ``test`` otherwise), from the cache when enabled.
+
+        Random training views: ``NUM_VIEWS`` views (at least 1) seeded by the view seed.
+        """
+        pipeline = pipeline or (self.TRAIN_PIPELINE if split == "train" else "test")
+        is_train = pipeline == "train"
+        random_views = is_train and is_random_transform(self.cfg)
+        cache = self.feature_cache() if (use_cache is None or use_cache) else None
+        data = self._split_data(split)
+        ds = self.dm.dataset
+        key = None
+        if cache is not None:
+            key = {"encoder": self.encoder_key(), "dataset": ds.name, "dataset_name": self.cfg.DATASET.NAME,
+                   "split_hash": ds.split_hash, "split": split, "images": data_fingerprint(data),
+                   "transform": transform_signature(self.cfg, is_train)}
+        tfm = self.dm.tfm_train if is_train else self.dm.tfm_test
+        return build_feature_bank(self.encode_images, ds, data, tfm, base_key=key, cache=cache,
+                                  random_views=random_views, num_views=max(int(self.cache_cfg.NUM_VIEWS), 1),
+                                  seed=self._view_seed(), batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
+                                  num_workers=self.cfg.DATALOADER.NUM_WORKERS, device=self.device)
+
+    def uses_cached_training(self) -> bool:
+        """Whether training batches come from the cache (see module doc)."""
+        if not self.cache_enabled:
+            return False
+        if self.TRAIN_PIPELINE == "test" or not is_random_transform(self.cfg):
+            return True
+        return int(self.cache_cfg.NUM_VIEWS) > 0
+
+    # -- loop --------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> None:
+        """As :meth:`SimpleTrainer.train`, with training batches from the cache when it applies."""
+        if self.REQUIRES_TRAINING and self.uses_cached_training() and self.train_loader_x is not None \
+                and not isinstance(self.train_loader_x, CachedFeatureLoader):
+            t0 = time.time()
+            bank = self.feature_bank("train")
+            self._image_train_loader = self.train_loader_x
+            self.train_loader_x = CachedFeatureLoader(
+                bank, batch_size=self._image_train_loader.batch_size, drop_last=self._image_train_loader.drop_last,
+                generator=self.loader_generator, sample_seed=max(int(self.cfg.SEED), 0))
+            self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
+        super().train(resume)
+
+    def before_epoch(self) -> None:
+        if isinstance(self.train_loader_x, CachedFeatureLoader):
+            self.train_loader_x.set_epoch(self.epoch)
+
+    def _feature_test_loader(self, split: str):
+        bank = self.feature_bank(split)
+        bs = self.cfg.DATALOADER.TEST.BATCH_SIZE
+        return [{"feat": bank.features[0, i:i + bs], "label": bank.labels[i:i + bs]}
+                for i in range(0, len(bank), bs)]
+
+    def test(self, split: Optional[str] = None) -> Dict:
+        """As :meth:`SimpleTrainer.test`, reading test/val features from the cache when enabled."""
+        split = split or self.cfg.TEST.SPLIT
+        if not self.cache_enabled or split not in ("val", "test"):
+            return super().test(split)
+        attr = "val_loader" if split == "val" else "test_loader"
+        original = getattr(self, attr)
+        t0 = time.time()
+        setattr(self, attr, self._feature_test_loader(split))
+        self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
+        try:
+            return super().test(split)
+        finally:
+            setattr(self, attr, original)
+
+
+def image_loader(trainer: TrainerX, split: str, pipeline: str = "test") -> DataLoader:
+    """A sequential image loader over ``split`` with the ``pipeline`` transform (helper for tests
+    and tools that want the uncached path explicitly)."""
+    from ..engine.data import DatasetWrapper
+
+    tfm = trainer.dm.tfm_train if pipeline == "train" else trainer.dm.tfm_test
+    data = {"train": trainer.dm.dataset.train_x, "val": trainer.dm.dataset.val, "test": trainer.dm.dataset.test}[split]
+    return DataLoader(DatasetWrapper(trainer.dm.dataset, data, tfm), batch_size=trainer.cfg.DATALOADER.TEST.BATCH_SIZE,
+                      shuffle=False, num_workers=0)
