@@ -33,3 +33,17 @@ def tiny_cfg(trainer: str, dataset: str = "pneumonia_sample", *, output_dir, opt
     """A frozen config for ``trainer`` on the tiny CLIP."""
     return build_config(trainer, dataset, protocol=protocol, seed=seed, output_dir=str(output_dir),
                         opts=TINY_OPTS + list(opts))
+
+
+@pytest.fixture(scope="session")
+def vit_b16_meta():
+    """OpenAI-shaped ViT-B/16 CLIP on the meta device (shapes only, no memory, no weights).
+
+    Build with ``open_clip.create_model(..., device="meta")`` inside ``torch.device("meta")``.
+    Returns ``(model, tokenizer)``.
+    """
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, device="meta")
+    return model, open_clip.get_tokenizer("ViT-B-16-quickgelu")

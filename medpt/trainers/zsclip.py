@@ -39,6 +39,8 @@ def zero_shot_text_features(clip_model: nn.Module, tokenizer, classnames: Sequen
         tokens = tokenizer([t.format(clean_classname(c)) for c in classnames])
         tokens = tokens.to(clip_model.positional_embedding.device)
         feats.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    if len(feats) == 1:  # one template: no average, no second normalisation
+        return feats[0]
     return F.normalize(torch.stack(feats).mean(0), dim=-1)
 
 

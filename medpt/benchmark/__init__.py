@@ -1,0 +1,1 @@
+"""The benchmark runner: grid of runs, records, tables (``python benchmark/run.py``)."""
