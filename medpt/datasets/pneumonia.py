@@ -25,6 +25,7 @@ from typing import List
 
 from ..engine.data import DatasetBase, Datum, compute_split_hash, read_json_split
 from ..engine.registry import DATASET_REGISTRY
+from .base import MedicalDataset
 
 #: CILMP's prompt class names, in label order.
 PNEUMONIA3_CLASSNAMES = ("normal", "bacteria pneumonia", "virus pneumonia")
@@ -74,39 +75,49 @@ def _data(files: List[Path], classnames) -> List[Datum]:
 
 
 @DATASET_REGISTRY.register("pneumonia")
-class Pneumonia(DatasetBase):
+class Pneumonia(MedicalDataset):
     """Kermany pneumonia, 3 classes (normal, bacterial, viral); official Kaggle train/test.
+
+    The 16 ``val/`` images are listed as ``unused`` in the split file. Shared machinery (split
+    file, few-shot, data check): :class:`medpt.datasets.base.MedicalDataset`.
 
     Raises:
         FileNotFoundError: ``<ROOT>/pneumonia/chest_xray/{train,test}`` is missing (says where
             to get it and where to put it).
+        ValueError: a ``PNEUMONIA/`` file name with neither ``bacteria`` nor ``virus``.
     """
 
     dataset_dir = "pneumonia"
     modality = "X-ray"
     classnames = PNEUMONIA3_CLASSNAMES
+    prompt_names = ("normal lungs", "bacterial pneumonia", "viral pneumonia")
     templates = XRAY_TEMPLATES
     source = "https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia"
     licence = "CC BY 4.0 (Kermany et al., Cell 2018)"
+    paper_counts = (5216, 624)
+    class_counts = {"train": (1341, 2530, 1345), "test": (234, 242, 148)}
+    layout = """pneumonia/
+  chest_xray/train/NORMAL/*.jpeg  chest_xray/train/PNEUMONIA/person*_{bacteria,virus}_*.jpeg
+  chest_xray/val/{NORMAL,PNEUMONIA}/   (16, unused)
+  chest_xray/test/{NORMAL,PNEUMONIA}/"""
 
-    def __init__(self, cfg):
-        root = Path(cfg.DATASET.ROOT or ".").expanduser() / self.dataset_dir
+    @classmethod
+    def build_split(cls, root: Path):
         base = root / "chest_xray"
-        if cfg.DATASET.SPLIT_FILE:
-            split = read_json_split(cfg.DATASET.SPLIT_FILE, root, "pneumonia")
-            super().__init__(split["train"], split.get("val"), split["test"],
-                             split_hash=compute_split_hash({"train": split["train"], "test": split["test"]}, root))
-            return
         for sub in ("train", "test"):
             if not (base / sub).is_dir():
                 raise FileNotFoundError(
                     f"pneumonia: dataset folder not found: {base / sub}. Download the Kaggle archive "
-                    f"({self.source}), unzip it and put its chest_xray/ folder under {root} "
-                    f"(DATASET.ROOT = {cfg.DATASET.ROOT or '.'}).")
-        train = _data(list_images(base / "train"), self.classnames)
-        test = _data(list_images(base / "test"), self.classnames)
-        super().__init__(train, None, test, split_hash=compute_split_hash({"train": train, "test": test}, root),
-                         val_is_test=True)
+                    f"({cls.source}), unzip it and put its chest_xray/ folder under {root}.")
+        out = {}
+        for key, sub in (("train", "train"), ("test", "test"), ("unused", "val")):
+            out[key] = [(p.relative_to(root).as_posix(), pneumonia3_label(p)) for p in list_images(base / sub)]
+        return out
+
+    @classmethod
+    def disk_files(cls, root: Path):
+        base = root / "chest_xray"
+        return {p.relative_to(root).as_posix() for sub in ("train", "val", "test") for p in list_images(base / sub)}
 
 
 @DATASET_REGISTRY.register("pneumonia_sample")
