@@ -34,6 +34,7 @@ setup(
         "tqdm>=4.65,<5",
         "numpy>=1.24",
         "pillow>=9",
+        "openpyxl>=3.1,<4",  # XLSX tables of ADAM / Fetal-US
     ],
     extras_require={
         "test": ["pytest>=7,<10"],
