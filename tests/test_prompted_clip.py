@@ -82,7 +82,7 @@ def test_read_only_text_prompts_leave_original_tokens_unchanged(towers):
         # a prompt does not see the other prompts: changing prompt 1 leaves prompt 0's output
         p = torch.randn(4, emb.shape[-1])
         q = p.clone()
-        q[1:] += 1.0
+        q[1:] += torch.randn_like(q[1:])  # (a constant shift would be removed by LayerNorm)
         _, a = txt.forward_read_only(emb, eot, p)
         _, b = txt.forward_read_only(emb, eot, q)
         assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)
@@ -94,12 +94,15 @@ def test_read_only_vision_prompts_only_read(towers):
     x = _images(2)
     p = torch.randn(3, vis.width)
     q = p.clone()
-    q[1:] += 1.0
+    q[1:] += torch.randn_like(q[1:])
     with torch.no_grad():
         a = vis(x, prompts=p, read_only=True, output="prompts")
         b = vis(x, prompts=q, read_only=True, output="prompts")
+        cls_a, _ = vis(x, prompts=p, read_only=True, output="both")
     assert a.shape == (2, 3, vis.visual.proj.shape[1])
     assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)  # prompt 0 never sees prompts 1, 2
+    assert not torch.allclose(a[:, 1], b[:, 1])
+    assert torch.allclose(cls_a, vis(x), atol=1e-6)  # the class token never sees a prompt
 
 
 def test_masks_hand_computed():
@@ -140,17 +143,8 @@ def test_deep_prompt_validation(towers):
         vis(x, prompts=torch.zeros(2, vis.width), deep_prompts=[torch.zeros(3, vis.width)])
 
 
-def vit_b16_meta():
-    """OpenAI ViT-B/16 (QuickGELU) built on the meta device: real shapes, no memory."""
-    from open_clip.factory import get_model_config
-    from open_clip.model import CLIP
-
-    with torch.device("meta"):
-        return CLIP(**get_model_config("ViT-B-16-quickgelu"))
-
-
-def test_vit_b16_widths_on_meta_device():
-    model = vit_b16_meta()
+def test_vit_b16_widths_on_meta_device(vit_b16_meta):
+    model, _ = vit_b16_meta
     vis = PromptedVisionEncoder(model, trainable_ln=("ln_1", "ln_2"))
     assert (vis.width, vis.n_layers, vis.n_heads) == (768, 12, 12)
     assert sum(p.numel() for p in vis.ln_overrides.parameters()) == 36_864
