@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from medpt.datasets.check import check_data_cli, check_dataset, format_report
 from medpt.datasets.fixtures import FOLDER, MAKERS, make_fixture
@@ -249,3 +248,15 @@ def test_dataset_table_latex(tmp_path):
     assert rows["Kvasir"].replace(" ", "").endswith("&8&28&12\\\\")       # from the miniature data
     assert "5,216$^\\dagger$" in rows["Pneumonia"]                        # from the paper's table
     assert "& fundus photography" in rows["ODIR"].replace("  ", " ")
+
+
+def test_official_split_file_follows_the_download(tmp_path):
+    make_fixture("pneumonia", tmp_path)
+    ds = _load("pneumonia", tmp_path)
+    new = tmp_path / "pneumonia" / "chest_xray" / "train" / "NORMAL" / "IM-0999-0001.jpeg"
+    shutil.copy(ds.train_x[0].impath, new)
+    assert check_dataset("pneumonia", tmp_path).unexpected == ["chest_xray/train/NORMAL/IM-0999-0001.jpeg"]
+    again = _load("pneumonia", tmp_path)                               # official: rebuilt, file rewritten
+    assert len(again.train_x) == len(ds.train_x) + 1 and again.split_hash != ds.split_hash
+    assert json.loads(again.split_file.read_text())["meta"]["split_sha256"] == again.split_hash
+    assert check_dataset("pneumonia", tmp_path).unexpected == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
@@ -205,20 +206,28 @@ class MedicalDataset(DatasetBase):
     @classmethod
     def load_split(cls, root: Path, write: bool = True) -> S.SplitRows:
         """The dataset's default split: a generated split is read from its file when present;
-        otherwise the split is built and (``write``) its file written if absent."""
+        otherwise the split is built and (``write``) its file written when absent or when it
+        records another split (an official split rebuilt from a changed download)."""
         path = cls.split_path(root)
         generated = cls.is_generated(root)
         if generated and path.is_file():
             return S.read_split_file(path, len(cls.classnames), cls.dataset_id())
         cls.require_dir(root)
         rows = cls.build_split(root)
-        if write and not path.is_file():
+        if write and (not path.is_file() or cls._recorded_hash(path) != S.split_sha256(rows)):
             meta = S.make_meta(rows, cls.dataset_id(), path.stem[len(cls.dataset_id()) + 1:], cls.classnames,
                                cls.seed if generated else None,
                                f"{cls.__module__}.{cls.__name__}.build_split",
                                note=getattr(cls, "split_note", ""))
             S.write_split_file(path, rows, cls.classnames, meta)
         return rows
+
+    @staticmethod
+    def _recorded_hash(path: Path) -> str:
+        try:
+            return json.loads(path.read_text()).get("meta", {}).get("split_sha256", "")
+        except (OSError, ValueError):
+            return ""
 
     def _abs(self, root: Path, rel: str) -> str:
         return str(root / rel)

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import List
 
-from ..engine.data import DatasetBase, Datum, compute_split_hash, read_json_split
+from ..engine.data import DatasetBase, compute_split_hash, read_json_split
 from ..engine.registry import DATASET_REGISTRY
 from .base import MedicalDataset
 
@@ -68,10 +68,6 @@ def list_images(folder: Path) -> List[Path]:
             out += sorted(p for p in d.iterdir()
                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._"))
     return out
-
-
-def _data(files: List[Path], classnames) -> List[Datum]:
-    return [Datum(str(p), pneumonia3_label(p), classnames[pneumonia3_label(p)]) for p in files]
 
 
 @DATASET_REGISTRY.register("pneumonia")
