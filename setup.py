@@ -20,7 +20,8 @@ setup(
     packages=find_packages(include=["medpt", "medpt.*"]),
     include_package_data=True,
     package_data={"medpt": ["configs/**/*.yaml", "clip/model_configs/*.json",
-                            "datasets/data/**/*", "datasets/data/**/**/*"]},
+                            "datasets/data/**/*", "datasets/data/**/**/*",
+                            "knowledge/data/*.json"]},
     install_requires=[
         "torch>=2.1,<3",
         "torchvision>=0.16",
@@ -34,6 +35,7 @@ setup(
         "tqdm>=4.65,<5",
         "numpy>=1.24",
         "pillow>=9",
+        "jsonschema>=4.17,<5",
         "openpyxl>=3.1,<4",  # XLSX tables of ADAM / Fetal-US
     ],
     extras_require={
