@@ -142,8 +142,8 @@ def _registered_classnames(dataset_id: str):
     return (f"reader {reader.__name__} ('{dataset_id}')", names) if names else None
 
 
-@functools.lru_cache(maxsize=None)
-def _read(path: str) -> dict:
+@functools.lru_cache(maxsize=64)
+def _read(path: str, mtime_ns: int = 0, size: int = 0) -> dict:  # keyed by mtime/size: edits are re-read
     p = Path(path)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
@@ -178,7 +178,8 @@ def load_knowledge(dataset_id: str, kind: str = "all", path: Optional[str | Path
         raise KnowledgeError(f"no knowledge file for dataset '{dataset_id}' ({p}); shipped: "
                              f"{', '.join(available_datasets())}. Generate one with "
                              "python -m medpt.knowledge.generate.")
-    obj = _read(str(p.resolve()))
+    st = p.stat()
+    obj = _read(str(p.resolve()), st.st_mtime_ns, st.st_size)
     if check_registry:
         reg = _registered_classnames(dataset_id)
         if reg is not None:
