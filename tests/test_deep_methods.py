@@ -67,9 +67,8 @@ def test_gpa_weights_hand_computed():
 
 
 def test_promptsrc_with_zero_deep_prompts_and_no_context_change_is_frozen_clip(tiny_clip):
-    """Text: deep prompts equal to the input tokens they replace leave CLIP unchanged only if
-    they are the same tokens; here we check the vision side with depth 0 (no prompt) and the
-    text side with depth 1 (shallow ctx from "a photo of a") against open_clip."""
+    """Without vision prompts (depth 0) and with only the shallow text context initialised from
+    "a photo of a" (depth 1), PromptSRC's student is frozen CLIP (checked against open_clip)."""
     m = PromptSRCCLIP(tiny_clip.model, tiny_clip.tokenizer, CLASSES, depth_text=1, depth_vision=0)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -142,6 +141,35 @@ def test_promptsrc_resume_keeps_the_running_aggregate(tmp_path):
     torch.testing.assert_close(resumed.model.prompt_learner.vis_ctx, full.model.prompt_learner.vis_ctx)
 
 
+# -- RPO / LASP ------------------------------------------------------------------------------
+def test_rpo_initialisation_is_eot_and_class_embedding_plus_a_tenth_unit_vector(tiny_clip):
+    m = RPOCLIP(tiny_clip.model, tiny_clip.tokenizer, CLASSES, k=5)
+    eot = tiny_clip.model.token_embedding.weight[49407]
+    d_t = m.prompt_learner.text_prompt.detach() - eot
+    d_v = m.prompt_learner.img_prompt.detach() - tiny_clip.model.visual.class_embedding
+    torch.testing.assert_close(d_t.norm(dim=-1), torch.full((5,), 0.1))
+    torch.testing.assert_close(d_v.norm(dim=-1), torch.full((5,), 0.1))
+    assert not torch.allclose(d_t[0], d_t[1])  # one random direction per prompt
+    with pytest.raises(ValueError, match="TRAINER.RPO.K"):
+        RPOCLIP(tiny_clip.model, tiny_clip.tokenizer, CLASSES, k=70)
+
+
+def test_lasp_text_to_text_loss_hand_computed(tiny_clip):
+    m = LASPCLIP(tiny_clip.model, tiny_clip.tokenizer, CLASSES, ["a photo of a {}.", "an x-ray of {}."])
+    assert m.bank.shape == (2, 3, tiny_clip.model.text_projection.shape[1])
+    torch.testing.assert_close(m.bank.norm(dim=-1), torch.ones(2, 3))
+    text = F.normalize(torch.randn(3, m.bank.shape[-1]), dim=-1)
+    s = tiny_clip.model.logit_scale.exp()
+    expect = 0.0
+    for j in range(2):
+        for c in range(3):
+            expect += -torch.log_softmax(s * m.bank[j, c] @ text.t(), dim=0)[c] / 6
+    torch.testing.assert_close(m.text_to_text_loss(text, noise=False), expect)
+    # zero bias at init: learned features equal the prompt's text features
+    pl = m.prompt_learner
+    torch.testing.assert_close(m.text_features(), F.normalize(m.text_encoder(pl.text(), pl.text.eot_idx), dim=-1))
+
+
 # -- PLOT++ ------------------------------------------------------------------------------------
 def test_sinkhorn_plan_has_the_prescribed_marginals():
     torch.manual_seed(0)
@@ -170,6 +198,22 @@ def test_plotpp_two_stages_switch_parameters_and_trade_off(tmp_path):
     assert tr.max_epoch == 2 and tr.stage == 2 and not tr.model.trade_off
     assert tr.count_trainable_params() == pl.ctx.numel() + pl.ctx_vision.numel()
     assert not torch.equal(ctx0, pl.ctx)  # text contexts were trained in stage 2
+
+
+def test_plotpp_resume_across_the_stage_switch(tmp_path):
+    opts = ["OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.01"]
+    full, ds, cfg = _synthetic(tmp_path / "a", "PLOTPP", opts)
+    full.train()
+    part = TRAINER_REGISTRY.get("PLOTPP")(cfg.clone(), dm=DataManager(cfg, ds))
+    part.output_dir = tmp_path / "b"
+    part.max_epoch = 3  # killed after the first joint epoch
+    part.train()
+    resumed = TRAINER_REGISTRY.get("PLOTPP")(cfg.clone(), dm=DataManager(cfg, ds))
+    resumed.output_dir = tmp_path / "b"
+    resumed.train(resume=True)
+    assert resumed.start_epoch == 3 and resumed.stage == 2
+    torch.testing.assert_close(resumed.model.prompt_learner.ctx, full.model.prompt_learner.ctx)
+    torch.testing.assert_close(resumed.model.prompt_learner.ctx_vision, full.model.prompt_learner.ctx_vision)
 
 
 # -- learning on the separable synthetic set ---------------------------------------------------

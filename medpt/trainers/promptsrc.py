@@ -125,9 +125,9 @@ class PromptSRCCLIP(nn.Module):
             e = clip_model.text_projection.shape[1]
             fixed = torch.empty(len(names), e, device=dev)
         else:
-            feats = [self.text_encoder.encode_ids(tokenizer([t.format(n) for n in names]).to(dev))
-                     for t in IMAGENET_TEMPLATES]
-            fixed = torch.stack(feats, 1).mean(1)
+            ids = tokenizer([t.format(n) for t in IMAGENET_TEMPLATES for n in names]).to(dev)
+            feats = self.text_encoder.encode_ids(ids).view(len(IMAGENET_TEMPLATES), len(names), -1)
+            fixed = feats.mean(0)
         # [C, E]: mean of the unnormalised frozen features over the 60 templates
         self.register_buffer("fixed_embeddings", fixed, persistent=False)
 
