@@ -21,6 +21,7 @@ See docs/knowledge.md.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -142,14 +143,20 @@ def _registered_classnames(dataset_id: str):
     return (f"reader {reader.__name__} ('{dataset_id}')", names) if names else None
 
 
+def _read(path: str) -> dict:
+    """Parse and validate a knowledge file; the validated object is cached by the file's content
+    (a sha256 of its bytes), so an edited file is always re-read, however fast the edit."""
+    data = Path(path).read_bytes()
+    return _parse(path, hashlib.sha256(data).hexdigest(), data)
+
+
 @functools.lru_cache(maxsize=64)
-def _read(path: str, mtime_ns: int = 0, size: int = 0) -> dict:  # keyed by mtime/size: edits are re-read
-    p = Path(path)
+def _parse(path: str, digest: str, data: bytes) -> dict:
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise KnowledgeError(f"{p}: not valid JSON ({e})") from None
-    validate_knowledge(obj, str(p))
+        obj = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KnowledgeError(f"{path}: not valid JSON ({e})") from None
+    validate_knowledge(obj, str(path))
     return obj
 
 
@@ -178,8 +185,7 @@ def load_knowledge(dataset_id: str, kind: str = "all", path: Optional[str | Path
         raise KnowledgeError(f"no knowledge file for dataset '{dataset_id}' ({p}); shipped: "
                              f"{', '.join(available_datasets())}. Generate one with "
                              "python -m medpt.knowledge.generate.")
-    st = p.stat()
-    obj = _read(str(p.resolve()), st.st_mtime_ns, st.st_size)
+    obj = _read(str(p.resolve()))
     if check_registry:
         reg = _registered_classnames(dataset_id)
         if reg is not None:
