@@ -1,11 +1,24 @@
 """Comparison tables built only from run records: LaTeX (booktabs), Markdown and CSV.
 
-Per (protocol, backbone, weights) group, so protocols, backbones and weights never share a
-cell; inside a group one table per dataset, rows = methods, columns = ACC, macro-F1, AUC,
-Cohen's kappa (mean ± sample standard deviation over seeds, in percent) and trainable
-parameters, plus an overview of ACC across datasets. Best per column in bold, second
-underlined (LaTeX) / italic (Markdown); a dagger marks cells with fewer seeds than planned.
-Every table of a group on a random-init backbone carries the random-init warning.
+Records are grouped by (protocol, backbone, weights), so these never share a cell; each group
+gets its own folder. Inside a group, a table is rows x columns of cells, each cell the records of
+one (row, dataset) over seeds, shown as mean ± sample standard deviation (ddof = 1) in percent.
+Rows are methods, or variants for ablations (a record's ``variant`` label, else its method).
+Best per column in bold, second underlined (LaTeX) / italic (Markdown); a dagger marks cells with
+fewer seeds than planned; the caption names the dispersion; a random-init backbone puts its
+warning under every table.
+
+Table kinds (used by suites, :mod:`medpt.benchmark.suites`):
+
+* ``per_dataset``: one table per dataset, columns ACC, macro-F1, AUC, kappa, trainable params.
+* ``modality``: one table per modality group (the paper's layout), columns dataset x metric.
+* ``average``: the average over datasets: per seed, the mean over the datasets, then mean ± std
+  over seeds; with the trainable-parameter column (the paper's average table).
+* ``overview``: ACC per dataset, one column per dataset.
+* ``ablation``: rows = variants, columns dataset x metric.
+* ``per_class``: per-class accuracy, rows = classes, columns = rows of the grid (class-imbalance
+  study).
+* ``label_ratio``: ACC per label ratio, per dataset.
 """
 from __future__ import annotations
 
@@ -23,8 +36,20 @@ from tabulate import tabulate
 from ..clip.backbone import RANDOM_INIT_WARNING
 from ..metrics import METRICS
 
+#: The paper's modality groups (Table layout of the CILMP paper), dataset ids in column order.
+MODALITY_GROUPS = {
+    "Dermatoscope": ["dermamnist", "derm7pt", "isic2018"],
+    "Fundus": ["adam", "aptos2019", "odir"],
+    "Ultrasound": ["fetal_us"],
+    "Histopathology": ["chaoyang"],
+    "Endoscope": ["kvasir"],
+    "X-ray": ["cpn_xray", "pneumonia", "pneumonia_sample", "pneumoniamnist"],
+}
+
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+Cell = Tuple[float, float, int]  # mean, sample std, number of seeds
 
 
 def latex_escape(text: str) -> str:
@@ -40,19 +65,28 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
 
 
+def row_name(rec: Dict) -> str:
+    """Table row of a record: its variant label, else its method."""
+    return rec.get("variant") or rec["method"]
+
+
 def group_key(rec: Dict) -> Tuple[str, str, str]:
     b = rec["backbone"]
     return rec["protocol"], b["name"], b["weights_id"]
 
 
 def latest_per_job(records: Iterable[Dict]) -> List[Dict]:
-    """Keep the newest record per (protocol, backbone, weights, dataset, method, seed)."""
+    """Keep the newest record per (protocol, backbone, weights, dataset, row, seed, label ratio)."""
     best: Dict = {}
     for r in records:
-        k = group_key(r) + (r["dataset"], r["method"], r["seed"])
+        k = group_key(r) + (r["dataset"], row_name(r), r["seed"], r.get("label_ratio", 1.0), r.get("num_shots", -1))
         if k not in best or r.get("finished_at", "") > best[k].get("finished_at", ""):
             best[k] = r
     return list(best.values())
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
 
 
 def _fmt(m: float, s: float, digits: int = 2) -> str:
@@ -61,7 +95,8 @@ def _fmt(m: float, s: float, digits: int = 2) -> str:
     return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def _fmt_params(n: Optional[int]) -> str:
+def fmt_params(n: Optional[int]) -> str:
+    """2,048 -> '2.0K'; 3,846,528 -> '3.85M'."""
     if n is None:
         return "–"
     if n >= 1e6:
@@ -72,116 +107,258 @@ def _fmt_params(n: Optional[int]) -> str:
 
 
 def _ranks(values: List[float]) -> Dict[int, int]:
-    order = sorted([(v, i) for i, v in enumerate(values) if not math.isnan(v)], key=lambda t: -t[0])
-    out = {}
-    distinct = sorted({v for v, _ in order}, reverse=True)
-    for v, i in order:
-        out[i] = distinct.index(v)  # 0 = best, 1 = second
-    return out
+    distinct = sorted({v for v in values if not math.isnan(v)}, reverse=True)
+    return {i: distinct.index(v) for i, v in enumerate(values) if not math.isnan(v)}
 
 
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
+class Table:
+    """A rendered table: title, rows, two-level columns, cells, notes.
+
+    Args:
+        title: caption start.
+        rows: row labels.
+        columns: ``(group, name)`` pairs; groups with a non-empty name get a spanning header.
+        cells: ``cells[i][j]`` = (mean, std, n) for row i, column j.
+        extra: optional trailing text column (e.g. trainable params), ``(header, [values])``.
+        notes: lines under the table / in the caption.
+        n_plan: planned seeds (cells with fewer get a dagger).
+    """
+
+    def __init__(self, title: str, rows: List[str], columns: List[Tuple[str, str]], cells: List[List[Cell]],
+                 notes: List[str], n_plan: int, extra: Optional[Tuple[str, List[str]]] = None):
+        self.title, self.rows, self.columns, self.cells = title, rows, columns, cells
+        self.notes, self.n_plan, self.extra = notes, n_plan, extra
+
+    def _ranks(self):
+        return [_ranks([self.cells[i][j][0] for i in range(len(self.rows))]) for j in range(len(self.columns))]
+
+    def markdown(self) -> str:
+        ranks = self._ranks()
+        header = ["Method"] + [f"{g} {n}".strip() for g, n in self.columns] + ([self.extra[0]] if self.extra else [])
+        body = []
+        for i, r in enumerate(self.rows):
+            line = [r]
+            for j in range(len(self.columns)):
+                mu, sd, n = self.cells[i][j]
+                txt = _fmt(mu, sd) + ("†" if n < self.n_plan and not math.isnan(mu) else "")
+                rk = ranks[j].get(i)
+                line.append(f"**{txt}**" if rk == 0 else f"_{txt}_" if rk == 1 else txt)
+            if self.extra:
+                line.append(self.extra[1][i])
+            body.append(line)
+        return (f"### {self.title}\n\n" + tabulate(body, headers=header, tablefmt="github") + "\n\n"
+                + "\n".join(f"> {n}" for n in self.notes) + "\n")
+
+    def latex(self) -> str:
+        ranks = self._ranks()
+        ncol = len(self.columns) + 1 + (1 if self.extra else 0)
+        lines = [r"\begin{table}[t]", r"\centering", r"\small",
+                 r"\caption{" + latex_escape(self.title + ". " + " ".join(self.notes)).replace("±", r"$\pm$")
+                 .replace("†", r"$^\dagger$") + "}",
+                 r"\begin{tabular}{l" + "c" * (ncol - 1) + "}", r"\toprule"]
+        groups = [g for g, _ in self.columns]
+        if any(g and n for g, n in self.columns):
+            spans, rules, col = [""], [], 2
+            k = 0
+            while k < len(groups):
+                g = groups[k]
+                w = 1
+                while k + w < len(groups) and groups[k + w] == g:
+                    w += 1
+                spans.append(r"\multicolumn{" + str(w) + "}{c}{" + latex_escape(g) + "}")
+                rules.append(r"\cmidrule(lr){" + f"{col}-{col + w - 1}" + "}")
+                col += w
+                k += w
+            if self.extra:
+                spans.append("")
+            lines.append(" & ".join(spans) + r" \\")
+            lines.append(" ".join(rules))
+            names = [n for _, n in self.columns]
+        else:
+            names = [g or n for g, n in self.columns]
+        lines.append(" & ".join(["Method"] + [latex_escape(n) for n in names] +
+                                ([latex_escape(self.extra[0])] if self.extra else [])) + r" \\")
+        lines.append(r"\midrule")
+        for i, r in enumerate(self.rows):
+            cells = [latex_escape(r)]
+            for j in range(len(self.columns)):
+                mu, sd, n = self.cells[i][j]
+                t = latex_escape(_fmt(mu, sd)).replace("±", r"$\pm$")
+                if n < self.n_plan and not math.isnan(mu):
+                    t += r"$^\dagger$"
+                rk = ranks[j].get(i)
+                cells.append(r"\textbf{" + t + "}" if rk == 0 else r"\underline{" + t + "}" if rk == 1 else t)
+            if self.extra:
+                cells.append(latex_escape(self.extra[1][i]))
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["row"] + [f"{g}|{n}|{x}" for g, n in self.columns for x in ("mean", "std", "n")] +
+                   ([self.extra[0]] if self.extra else []))
+        for i, r in enumerate(self.rows):
+            vals = []
+            for mu, sd, n in self.cells[i]:
+                vals += ["" if math.isnan(mu) else f"{mu:.4f}", "" if math.isnan(sd) else f"{sd:.4f}", n]
+            w.writerow([r] + vals + ([self.extra[1][i]] if self.extra else []))
+        return buf.getvalue()
+
+    def write(self, stem: Path) -> List[Path]:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        out = []
+        for suffix, text in ((".md", self.markdown()), (".tex", self.latex()), (".csv", self.csv())):
+            p = stem.with_suffix(suffix)
+            p.write_text(text)
+            out.append(p)
+        return out
+
+
+class RecordSet:
+    """Records of one (protocol, backbone, weights) group, indexed for table building."""
+
+    def __init__(self, records: List[Dict], n_plan: Optional[int] = None, row_order: Sequence[str] = ()):
+        self.records = records
+        self.cells: Dict = defaultdict(list)
+        self.params: Dict[str, Optional[int]] = {}
+        for r in records:
+            self.cells[(r["dataset"], row_name(r))].append(r)
+            self.params[row_name(r)] = r.get("trainable_params")
+        self.n_plan = n_plan or max((len(v) for v in self.cells.values()), default=1)
+        present = {k[1] for k in self.cells}
+        self.rows = [m for m in row_order if m in present] + sorted(present - set(row_order))
+        self.datasets = sorted({k[0] for k in self.cells})
+        protocol, backbone, weights = group_key(records[0])
+        self.notes = [f"Protocol {protocol}; backbone {backbone}; weights {weights}.",
+                      f"Mean ± sample standard deviation (ddof = 1) over {self.n_plan} seeds, in percent; "
+                      "† marks cells with fewer seeds than planned."]
+        if any(not r["backbone"].get("pretrained", True) for r in records):
+            self.notes.append("WARNING: " + RANDOM_INIT_WARNING)
+        self.group_dir = _safe(f"{protocol}__{backbone}__{weights}")
+
+    def cell(self, dataset: str, row: str, metric: str) -> Cell:
+        rs = self.cells.get((dataset, row), [])
+        mu, sd = mean_std([r["metrics"][metric] for r in rs])
+        return mu, sd, len(rs)
+
+    def param_col(self, rows: List[str]) -> Tuple[str, List[str]]:
+        return "Params", [fmt_params(self.params.get(r)) for r in rows]
+
+    # -- kinds -------------------------------------------------------------------------------
+    def per_dataset(self) -> Dict[str, Table]:
+        out = {}
+        for ds in self.datasets:
+            rows = [r for r in self.rows if (ds, r) in self.cells]
+            cols = [(name, "") for _, name in METRICS]
+            cells = [[self.cell(ds, r, k) for k, _ in METRICS] for r in rows]
+            out[ds] = Table(ds, rows, cols, cells, self.notes, self.n_plan, self.param_col(rows))
+        return out
+
+    def multi(self, datasets: Sequence[str], title: str, metrics=METRICS) -> Table:
+        datasets = [d for d in datasets if any((d, r) in self.cells for r in self.rows)]
+        rows = [r for r in self.rows if any((d, r) in self.cells for d in datasets)]
+        cols = [(d, name) for d in datasets for _, name in metrics]
+        cells = [[self.cell(d, r, k) for d in datasets for k, _ in metrics] for r in rows]
+        return Table(title, rows, cols, cells, self.notes, self.n_plan, self.param_col(rows))
+
+    def modality(self) -> Dict[str, Table]:
+        out = {}
+        known = {d for ds in MODALITY_GROUPS.values() for d in ds}
+        groups = dict(MODALITY_GROUPS)
+        others = [d for d in self.datasets if d not in known]
+        if others:
+            groups["Other"] = others
+        for g, ds in groups.items():
+            if any(d in self.datasets for d in ds):
+                out[g] = self.multi(ds, f"{g} datasets")
+        return out
+
+    def average(self, datasets: Optional[Sequence[str]] = None) -> Table:
+        datasets = list(datasets or self.datasets)
+        rows = [r for r in self.rows if all((d, r) in self.cells for d in datasets)]
+        cells = []
+        for r in rows:
+            row = []
+            for k, _ in METRICS:
+                per_seed = defaultdict(list)
+                for d in datasets:
+                    for rec in self.cells[(d, r)]:
+                        per_seed[rec["seed"]].append(rec["metrics"][k])
+                full = [float(np.mean(v)) for v in per_seed.values() if len(v) == len(datasets)]
+                mu, sd = mean_std(full)
+                row.append((mu, sd, len(full)))
+            cells.append(row)
+        title = f"Average over {len(datasets)} datasets ({', '.join(datasets)})"
+        return Table(title, rows, [(name, "") for _, name in METRICS], cells, self.notes, self.n_plan,
+                     self.param_col(rows))
+
+    def overview(self) -> Table:
+        return self.multi(self.datasets, "ACC per dataset", metrics=(("acc", "ACC"),))
+
+    def per_class(self, dataset: str, rows: Optional[Sequence[str]] = None) -> Optional[Table]:
+        rows = [r for r in (rows or self.rows) if (dataset, r) in self.cells]
+        if not rows:
+            return None
+        names = self.cells[(dataset, rows[0])][0]["classnames"]
+        cells = []
+        for ci, cname in enumerate(names):
+            line = []
+            for r in rows:
+                vals = [rec["per_class"][ci]["acc"] for rec in self.cells[(dataset, r)]]
+                mu, sd = mean_std(vals)
+                line.append((mu, sd, len(vals)))
+            cells.append(line)
+        t = Table(f"Per-class accuracy on {dataset}", list(names), [(r, "") for r in rows], cells, self.notes,
+                  self.n_plan)
+        return t
+
+
+def label_ratio_table(records: List[Dict], dataset: str, n_plan: int, notes: List[str]) -> Table:
+    """ACC per label ratio on ``dataset``: rows = methods, columns = ratios."""
+    by = defaultdict(list)
+    for r in records:
+        if r["dataset"] == dataset:
+            by[(row_name(r), r.get("label_ratio", 1.0))].append(r["metrics"]["acc"])
+    rows = sorted({k[0] for k in by})
+    ratios = sorted({k[1] for k in by})
+    cells = [[(*mean_std(by.get((r, q), [])), len(by.get((r, q), []))) for q in ratios] for r in rows]
+    return Table(f"ACC per label ratio on {dataset}", rows, [(f"{q:.0%}", "") for q in ratios], cells, notes, n_plan)
+
+
+def split_groups(records: Iterable[Dict]) -> Dict[Tuple[str, str, str], List[Dict]]:
+    """Newest record per job, grouped by (protocol, backbone, weights)."""
+    groups: Dict = defaultdict(list)
+    for r in latest_per_job(records):
+        groups[group_key(r)].append(r)
+    return dict(sorted(groups.items()))
 
 
 def build_tables(records: List[Dict], out_dir: Path, planned_seeds: Optional[int] = None,
-                 method_order: Optional[Sequence[str]] = None) -> List[Path]:
-    """Write every table for ``records`` under ``out_dir``; return the written paths.
+                 method_order: Optional[Sequence[str]] = None,
+                 kinds: Sequence[str] = ("per_dataset", "modality", "average", "overview")) -> List[Path]:
+    """Write the default tables for ``records`` under ``out_dir``; return the written paths.
 
     Args:
         records: run records (see :mod:`medpt.benchmark.records`).
         out_dir: tables folder; one sub-folder per (protocol, backbone, weights).
         planned_seeds: seeds planned per cell (default: the most seeds any cell has).
         method_order: row order (default: sorted names).
+        kinds: which table kinds to write (see module doc).
     """
     written: List[Path] = []
-    groups: Dict = defaultdict(list)
-    for r in latest_per_job(records):
-        groups[group_key(r)].append(r)
-    for (protocol, backbone, weights), recs in sorted(groups.items()):
-        gdir = Path(out_dir) / _safe(f"{protocol}__{backbone}__{weights}")
-        gdir.mkdir(parents=True, exist_ok=True)
-        cells: Dict = defaultdict(list)
-        params: Dict = {}
-        for r in recs:
-            cells[(r["dataset"], r["method"])].append(r)
-            params[r["method"]] = r.get("trainable_params")
-        n_plan = planned_seeds or max(len(v) for v in cells.values())
-        random_init = any(not r["backbone"].get("pretrained", True) for r in recs)
-        datasets = sorted({d for d, _ in cells})
-        methods = [m for m in (method_order or []) if any(k[1] == m for k in cells)]
-        methods += sorted({m for _, m in cells} - set(methods))
-        notes = [f"Protocol {protocol}; backbone {backbone}; weights {weights}.",
-                 f"Cells: mean ± sample standard deviation (ddof = 1) over {n_plan} seeds, in percent; "
-                 "† marks cells with fewer seeds than planned."]
-        if random_init:
-            notes.append("WARNING: " + RANDOM_INIT_WARNING)
-        for ds in datasets:
-            rows, stats = [], []
-            for m in methods:
-                rs = cells.get((ds, m), [])
-                if not rs:
-                    continue
-                row_stats = [mean_std([r["metrics"][k] for r in rs]) for k, _ in METRICS]
-                stats.append((m, len(rs), row_stats))
-            written += _write_one(gdir / ds, f"{ds}", stats, params, n_plan, notes,
-                                  [name for _, name in METRICS], with_params=True)
-        # overview: ACC per dataset
-        stats = []
-        for m in methods:
-            row = []
-            ns = []
-            for ds in datasets:
-                rs = cells.get((ds, m), [])
-                ns.append(len(rs))
-                row.append(mean_std([r["metrics"]["acc"] for r in rs]) if rs else (float("nan"), float("nan")))
-            stats.append((m, min(ns) if ns else 0, row))
-        written += _write_one(gdir / "overview_acc", "ACC per dataset", stats, params, n_plan, notes,
-                              list(datasets), with_params=True)
+    for _, recs in split_groups(records).items():
+        rs = RecordSet(recs, planned_seeds, method_order or ())
+        gdir = Path(out_dir) / rs.group_dir
+        if "per_dataset" in kinds:
+            for ds, t in rs.per_dataset().items():
+                written += t.write(gdir / ds)
+        if "modality" in kinds:
+            for g, t in rs.modality().items():
+                written += t.write(gdir / f"modality_{_safe(g)}")
+        if "average" in kinds and len(rs.datasets) > 1:
+            written += rs.average().write(gdir / "average")
+        if "overview" in kinds:
+            written += rs.overview().write(gdir / "overview_acc")
     return written
-
-
-def _write_one(stem: Path, title: str, stats, params, n_plan: int, notes: List[str], columns: List[str],
-               with_params: bool) -> List[Path]:
-    ncol = len(columns)
-    ranks = [_ranks([s[2][j][0] for s in stats]) for j in range(ncol)]
-    header = ["Method"] + columns + (["Params"] if with_params else [])
-    md_rows, tex_rows, csv_rows = [], [], []
-    for i, (m, n, row) in enumerate(stats):
-        dagger = "†" if n < n_plan else ""
-        md, tex, cs = [m], [latex_escape(m)], [m]
-        for j, (mu, sd) in enumerate(row):
-            txt = _fmt(mu, sd) + (dagger if not math.isnan(mu) else "")
-            rk = ranks[j].get(i)
-            md.append(f"**{txt}**" if rk == 0 else f"_{txt}_" if rk == 1 else txt)
-            t = latex_escape(_fmt(mu, sd)).replace("±", r"$\pm$") + (r"$^\dagger$" if dagger and not math.isnan(mu) else "")
-            tex.append(r"\textbf{" + t + "}" if rk == 0 else r"\underline{" + t + "}" if rk == 1 else t)
-            cs += [f"{mu:.4f}" if not math.isnan(mu) else "", f"{sd:.4f}" if not math.isnan(sd) else "", n]
-        if with_params:
-            md.append(_fmt_params(params.get(m)))
-            tex.append(latex_escape(_fmt_params(params.get(m))))
-            cs.append(params.get(m) if params.get(m) is not None else "")
-        md_rows.append(md)
-        tex_rows.append(tex)
-        csv_rows.append(cs)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    md_text = f"### {title}\n\n" + tabulate(md_rows, headers=header, tablefmt="github") + "\n\n" + \
-        "\n".join(f"> {n}" for n in notes) + "\n"
-    tex_lines = [r"\begin{table}[t]", r"\centering",
-                 r"\caption{" + latex_escape(title) + ". " + latex_escape(" ".join(notes)).replace("±", r"$\pm$")
-                 .replace("†", r"$^\dagger$") + "}",
-                 r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
-                 " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
-    tex_lines += [" & ".join(r) + r" \\" for r in tex_rows]
-    tex_lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["method"] + [f"{c}_{x}" for c in columns for x in ("mean", "std", "n")] +
-               (["trainable_params"] if with_params else []))
-    w.writerows(csv_rows)
-    paths = []
-    for suffix, text in ((".md", md_text), (".tex", "\n".join(tex_lines)), (".csv", buf.getvalue())):
-        p = stem.with_suffix(suffix)
-        p.write_text(text)
-        paths.append(p)
-    return paths

@@ -350,6 +350,18 @@ class SimpleTrainer(TrainerBase):
     def before_test(self) -> None:
         """Called once before a test pass (e.g. to precompute text features)."""
 
+    @torch.no_grad()
+    def image_features_for_analysis(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W] -> [B, E]`` the method's image features (t-SNE figures).
+
+        Default: ``self.model.image_features`` if the model has it, else the frozen CLIP image
+        encoder. Methods whose prompts change the image features override this.
+        """
+        fn = getattr(self.model, "image_features", None)
+        if fn is None:
+            fn = self.get_backbone().model.encode_image
+        return fn(images).float()
+
     def after_test(self) -> None:
         """Called once after a test pass."""
 
