@@ -160,3 +160,23 @@ def test_coupler_maps_each_layer(towers):
     assert torch.allclose(c([x, x, x])[2], x @ c.layers[2].weight.t() + c.layers[2].bias)
     with pytest.raises(ValueError):
         c([torch.randn(2, 8)])
+
+
+def test_towers_run_under_bf16_autocast(towers):
+    """What ``PREC: amp`` does on CUDA, exercised with CPU autocast: fp32 prompts are cast into
+    bf16 activations, masks follow, results stay close to fp32."""
+    bb, txt, vis = towers
+    x = _images(2)
+    p = torch.randn(3, vis.width) * 0.02
+    ids = bb.tokenizer(["a photo of a cat.", "pneumonia"])
+    emb = bb.model.token_embedding(ids).detach()
+    ro = torch.randn(2, emb.shape[-1]) * 0.02
+    with torch.no_grad():
+        ref_v = vis(x, prompts=p, deep_prompts=[p], read_only=True, output="both")
+        ref_t = txt.forward_read_only(emb, ids.argmax(-1), ro)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_v = vis(x, prompts=p, deep_prompts=[p], read_only=True, output="both")
+            out_t = txt.forward_read_only(emb, ids.argmax(-1), ro)
+    for a, b in list(zip(out_v, ref_v)) + list(zip(out_t, ref_t)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.float(), b, rtol=0.1, atol=0.1)
