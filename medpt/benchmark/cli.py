@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "First argument 'collect' (or 'tables') only rebuilds tables and figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--methods", default="all", help="comma-separated trainer names, or 'all'")
-    p.add_argument("--datasets", default="pneumonia_sample", help="comma-separated dataset ids, or 'all'")
+    p.add_argument("--datasets", default="pneumonia_sample", help="comma-separated dataset ids, or 'all' (the paper's 11)")
     p.add_argument("--protocol", default="demo", help="paper | official | demo")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 1 2 3 (or the suite's)")
     p.add_argument("--shots", type=int, default=None, help="few-shot: K training images per class")

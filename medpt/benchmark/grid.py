@@ -74,6 +74,11 @@ class GridResult:
 def expand_names(spec: Sequence[str] | str, registry, what: str = "") -> List[str]:
     """Expand ``"all"`` / comma lists into registered canonical names.
 
+    For datasets, ``all`` means the CILMP paper's 11 datasets
+    (:data:`medpt.datasets.check.PAPER_DATASETS`); extras (``pneumonia_sample``,
+    ``pneumoniamnist``, ``dermamnist_official``) are named explicitly. For methods, ``all`` is
+    every registered trainer.
+
     Raises:
         KeyError: an unknown name (with close matches), before any job runs.
     """
@@ -85,7 +90,12 @@ def expand_names(spec: Sequence[str] | str, registry, what: str = "") -> List[st
             if not part:
                 continue
             if part.lower() == "all":
-                names += registry.names()
+                if registry is DATASET_REGISTRY:
+                    from ..datasets.check import PAPER_DATASETS
+
+                    names += [registry.canonical(d) for d in PAPER_DATASETS]
+                else:
+                    names += registry.names()
             else:
                 names.append(registry.canonical(part))
     return list(dict.fromkeys(names))

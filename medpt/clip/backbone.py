@@ -127,6 +127,8 @@ def load_clip(name: str = "ViT-B-16-quickgelu", pretrained: str = "openai", *,
         WeightsUnavailableError: a tag could not be loaded and random init is not allowed, or
             random init was asked for explicitly without ``allow_random_init``.
     """
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return _load_schema(name, device)
     if name not in open_clip.list_models():
         import difflib
 
@@ -184,6 +186,25 @@ def load_clip(name: str = "ViT-B-16-quickgelu", pretrained: str = "openai", *,
                           list(bb.warnings))
     bb.model.to(device)
     return bb
+
+
+def _load_schema(name: str, device) -> ClipBackbone:
+    """An open_clip model named with a schema (``hf-hub:org/repo``, ``local-dir:/path``): config
+    and weights come together, so there is no random-init fallback (e.g. BiomedCLIP,
+    ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``).
+
+    Raises:
+        WeightsUnavailableError: the model cannot be loaded (offline, missing folder).
+    """
+    try:
+        model = open_clip.create_model(name)
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as err:
+        raise WeightsUnavailableError(
+            f"Could not load '{name}' ({err}). A hf-hub: model needs network access or a populated "
+            f"Hugging Face cache; a local-dir: model needs open_clip_config.json and weights in the folder."
+        ) from err
+    return ClipBackbone(_finish(model).to(device), tokenizer, name, name, True)
 
 
 def _warn_loudly(reason: str = "") -> None:
