@@ -89,6 +89,7 @@ Deliberate differences from the official code:
 * ``N_CTX_TEXT`` < 4 with ``CTX_INIT`` keeps the phrase's remaining tokens as fixed text (as the
   official code); ``N_CTX_TEXT`` > 4 uses random init (as the official code);
 * a prompt that does not fit CLIP's 77 tokens raises (official: silently truncated, EOT lost);
+  prompt depths larger than the towers raise a ``ValueError`` naming the key;
 * text passes stop at the longest EOT; unconditional variants compute text features once per
   step/test pass instead of per sample (same values).
 """
@@ -597,16 +598,19 @@ class CILMP(TrainerX):
         self.gpa = GaussianPromptAggregator(pl.prompt_parameters(), self.max_epoch, c.GPA_MEAN, c.GPA_STD)
         self._test_text = None
 
-    def _fit_depths(self, clip_model, c):
-        """Prompt depths capped at the towers' block counts (a shallower backbone than ViT-B/16,
-        e.g. the 2-block tiny test CLIP, runs with a warning instead of failing)."""
+    @staticmethod
+    def _fit_depths(clip_model, c):
+        """``(PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION)``, checked against the towers' block counts.
+
+        Raises:
+            ValueError: a depth exceeds its tower (names the key; e.g. the 2-block tiny test CLIP).
+        """
         out = []
         for key, blocks in (("PROMPT_DEPTH_TEXT", len(clip_model.transformer.resblocks)),
                             ("PROMPT_DEPTH_VISION", len(clip_model.visual.transformer.resblocks))):
             d = int(c[key])
-            if d > blocks:
-                self._warn(f"CILMP: TRAINER.CILMP.{key} {d} exceeds the backbone's {blocks} blocks; using {blocks}")
-                d = blocks
+            if d > blocks or d < 0:
+                raise ValueError(f"TRAINER.CILMP.{key} {d} must be in 0..{blocks} (the backbone has {blocks} blocks)")
             out.append(d)
         return out
 
