@@ -16,7 +16,7 @@ from medpt.trainers.cocoop import CoCoOpCLIP
 from medpt.trainers.coop import CoOpCLIP
 from medpt.trainers.kgcoop import KgCoOpCLIP, knowledge_loss
 from medpt.trainers.linear_probe import fit_logistic_regression
-from medpt.trainers.tcp import TCPCLIP, x_template
+from medpt.trainers.tcp import TCPCLIP, resolve_class_token_layer, x_template
 
 CLASSES = ("red", "green", "blue")
 SEVEN = ["normal", "pneumonia", "covid", "effusion", "nodule", "mass", "atelectasis"]
@@ -155,6 +155,9 @@ def test_tcp_x_template_and_class_tokens_layer(tiny_clip):
     assert m.prompt_learner.prompt_texts == ["X X X X red car."]
     with pytest.raises(ValueError, match="CLASS_TOKEN_LAYER"):
         TCPCLIP(bb.model, bb.tokenizer, ["a"], torch.randn(1, 64), "a photo of a {}.", class_token_layer=8)
+    assert resolve_class_token_layer(8, 12) == 8
+    with pytest.warns(UserWarning, match="relative depth"):
+        assert resolve_class_token_layer(8, 2) == 1
     # the class tokens matter: zeroing TKE's output layer changes the text features
     before = m.text_features()
     torch.nn.init.zeros_(m.prompt_learner.meta_net.linear2.weight)

@@ -33,7 +33,8 @@ Deliberate differences from the official code:
 * the "X" template is derived (above) instead of read from a per-dataset dict; templates come
   from the dataset reader;
 * ``w_c`` uses the run's own frozen CLIP (official: a second CLIP copy; same values);
-  ``CLASS_TOKEN_LAYER`` and ``W`` are config keys (official: hard-coded 8 and 8.0);
+  ``CLASS_TOKEN_LAYER`` and ``W`` are config keys (official: hard-coded 8 and 8.0); a text tower
+  without a block after ``CLASS_TOKEN_LAYER`` uses the same relative depth, with a warning;
 * fp32 master weights; the official README raises Adam's eps to 1e-3 because of fp16
   parameters: kept (``OPTIM.EPS 1e-3`` in the yaml) so the optimiser behaves as published;
 * class tokens and text features are computed once per test pass (they do not depend on the
@@ -41,6 +42,7 @@ Deliberate differences from the official code:
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
@@ -132,6 +134,25 @@ class TCPPromptLearner(nn.Module):
         return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
 
 
+def resolve_class_token_layer(layer: int, n_layers: int) -> int:
+    """``layer`` if the text tower has a block after it; otherwise the same relative depth
+    (``round(n_layers * 8 / 12)``, within ``[1, n_layers - 1]``) with a warning, so that a run on
+    a shallower text tower (e.g. the tiny test CLIP) still works.
+
+    Raises:
+        ValueError: the tower has fewer than 2 blocks, or ``layer < 1``.
+    """
+    if n_layers < 2 or layer < 1:
+        raise ValueError(f"TRAINER.TCP.CLASS_TOKEN_LAYER must be in [1, {n_layers - 1}] for a "
+                         f"{n_layers}-layer text tower, got {layer}")
+    if layer < n_layers:
+        return layer
+    scaled = min(max(1, round(n_layers * 8 / 12)), n_layers - 1)
+    warnings.warn(f"TRAINER.TCP.CLASS_TOKEN_LAYER {layer} does not exist in a {n_layers}-layer text tower; "
+                  f"using layer {scaled} (the official 8-of-12 relative depth)", UserWarning, stacklevel=2)
+    return scaled
+
+
 class TCPCLIP(nn.Module):
     """Frozen CLIP with TCP's prompt learner (the official ``CustomCLIP``).
 
@@ -203,8 +224,10 @@ class TCP(FrozenImageEncoderTrainer):
         bb = self.get_backbone()
         self.template = dataset_template(self, c.TEMPLATE)
         knowledge = zero_shot_text_features(bb.model, bb.tokenizer, self.classnames, [self.template])
+        self.class_token_layer = resolve_class_token_layer(int(c.CLASS_TOKEN_LAYER),
+                                                           len(bb.model.transformer.resblocks))
         self.model = TCPCLIP(bb.model, bb.tokenizer, self.classnames, knowledge, self.template, n_ctx=c.N_CTX,
-                             ctx_init=c.CTX_INIT, class_token_layer=c.CLASS_TOKEN_LAYER).to(self.device)
+                             ctx_init=c.CTX_INIT, class_token_layer=self.class_token_layer).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
         self._test_text = None
