@@ -157,3 +157,16 @@ def test_module_fingerprint_tracks_values(tiny_clip):
     with torch.no_grad():
         v.proj[0, 0] += 1e-3
     assert module_fingerprint(v) != fp
+
+
+def test_resume_through_the_view_bank_is_exact(synth, tmp_path):
+    opts = ["MODEL.FEATURE_CACHE.NUM_VIEWS", "2", "OPTIM.MAX_EPOCH", "3"]
+    full = make("CoOp", synth, tmp_path / "full", tmp_path / "cache", opts=opts)
+    full.train()
+    part = make("CoOp", synth, tmp_path / "part", tmp_path / "cache", opts=opts)
+    part.max_epoch = 2  # "killed" after epoch 2 (checkpoint written)
+    part.train()
+    resumed = make("CoOp", synth, tmp_path / "part", tmp_path / "cache", opts=opts)
+    resumed.train(resume=True)
+    assert resumed.start_epoch == 2
+    assert torch.equal(resumed.model.prompt_learner.ctx, full.model.prompt_learner.ctx)
