@@ -91,6 +91,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         command = "collect"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("huggingface_hub", "root"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.ERROR)
     from tabulate import tabulate
 
     from .. import datasets as _d, trainers as _t  # noqa: F401  (register everything)

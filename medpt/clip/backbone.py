@@ -18,9 +18,11 @@ mode; methods unfreeze what they train.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +170,8 @@ def load_clip(name: str = "ViT-B-16-quickgelu", pretrained: str = "openai", *,
         bb = ClipBackbone(_finish(model), tokenizer, name, _file_id(path), True)
     else:
         try:
-            model = open_clip.create_model(name, pretrained=pretrained)
+            with _hub_offline_if_unreachable():
+                model = open_clip.create_model(name, pretrained=pretrained)
             bb = ClipBackbone(_finish(model), tokenizer, name, pretrained, True)
         except Exception as err:
             if not allow_random_init:
@@ -188,6 +191,33 @@ def load_clip(name: str = "ViT-B-16-quickgelu", pretrained: str = "openai", *,
     return bb
 
 
+@contextlib.contextmanager
+def _hub_offline_if_unreachable(host: str = "huggingface.co"):
+    """Put huggingface_hub in offline mode while ``host`` does not resolve, so a missing network
+    fails at once (cached files still load) instead of after a minute of retries."""
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        yield
+        return
+    if hub.HF_HUB_OFFLINE:
+        yield
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    if reachable:
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
 def _load_schema(name: str, device) -> ClipBackbone:
     """An open_clip model named with a schema (``hf-hub:org/repo``, ``local-dir:/path``): config
     and weights come together, so there is no random-init fallback (e.g. BiomedCLIP,
@@ -197,8 +227,9 @@ def _load_schema(name: str, device) -> ClipBackbone:
         WeightsUnavailableError: the model cannot be loaded (offline, missing folder).
     """
     try:
-        model = open_clip.create_model(name)
-        tokenizer = open_clip.get_tokenizer(name)
+        with _hub_offline_if_unreachable():
+            model = open_clip.create_model(name)
+            tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:
         raise WeightsUnavailableError(
             f"Could not load '{name}' ({err}). A hf-hub: model needs network access or a populated "
