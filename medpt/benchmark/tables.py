@@ -236,6 +236,9 @@ class RecordSet:
                       "† marks cells with fewer seeds than planned."]
         if any(not r["backbone"].get("pretrained", True) for r in records):
             self.notes.append("WARNING: " + RANDOM_INIT_WARNING)
+        # method warnings copied into records (e.g. CILMP's random-LLM fallback), once each
+        for w in dict.fromkeys(w for r in records for w in r.get("warnings", []) if w != RANDOM_INIT_WARNING):
+            self.notes.append(f"WARNING ({', '.join(sorted({row_name(r) for r in records if w in r.get('warnings', [])}))}): {w}")
         self.group_dir = _safe(f"{protocol}__{backbone}__{weights}")
 
     def cell(self, dataset: str, row: str, metric: str) -> Cell:
