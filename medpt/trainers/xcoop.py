@@ -102,8 +102,7 @@ class XCoOpCLIP(nn.Module):
         self.clip = clip_model
         self.n_cls, self.n_prompts = len(classnames), n_prompts
         names = list(classnames) * n_prompts  # row n * C + c
-        self.prompt_learner = PromptLearner(clip_model, tokenizer, names, ctx_init=ctx_init, csc=True,
-                                            n_ctx=4 if not ctx_init else 16)
+        self.prompt_learner = PromptLearner(clip_model, tokenizer, names, ctx_init=ctx_init, csc=True, n_ctx=4)
         self.text_encoder = PromptedTextEncoder(clip_model)
         self.image_encoder = PromptedVisionEncoder(clip_model, trainable_ln=("ln_1", "ln_2"))
         self.local_scale, self.noise_std, self.noise_prob = local_scale, noise_std, noise_prob
