@@ -262,3 +262,17 @@ def test_bad_config_names_the_key(tmp_path, rep_file):
         _trainer(tmp_path, ["TRAINER.CILMP.REPRESENTATIONS", str(rep_file), "TRAINER.CILMP.PROMPT_DEPTH_TEXT", "3"])
     with pytest.raises(ValueError, match="PREFIX_LENGTH"):
         _trainer(tmp_path, ["TRAINER.CILMP.REPRESENTATIONS", str(rep_file), "TRAINER.CILMP.PREFIX_LENGTH", "2"])
+
+
+def test_killed_run_resumes_to_the_same_prompts_and_gpa(tmp_path, rep_file):
+    opts = ["TRAINER.CILMP.REPRESENTATIONS", str(rep_file)]
+    full = _trainer(tmp_path / "a", opts, epochs=2)
+    full.train()
+    part = _trainer(tmp_path / "b", opts, epochs=2)
+    part.max_epoch = 1  # "killed" after one epoch: checkpoint and GPA running sum are on disk
+    part.train()
+    resumed = _trainer(tmp_path / "b", opts, epochs=2)
+    resumed.train(resume=True)
+    for (n, p), (_, q) in zip(full.model.prompt_learner.named_parameters(),
+                              resumed.model.prompt_learner.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
