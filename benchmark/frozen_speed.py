@@ -17,6 +17,10 @@ weights), the data to :class:`medpt.datasets.synthetic.SeparableSynthetic` at 22
 batch size for every method (CoCoOp's official batch is 1; ``--batch`` changes it). The linear
 probe's "training" is feature extraction (test pipeline) plus the scikit-learn fit with a fixed C.
 
+With the cache, a prompt method's step costs one text-tower pass (C prompts; B x C for CoCoOp)
+whatever the batch size, so its cached throughput grows with ``--batch``; without it, every
+image costs one ViT forward. CLIP-Adapter and the linear probe need no text pass at all.
+
 Usage::
 
     python benchmark/frozen_speed.py                   # ~1-3 minutes on a laptop CPU
