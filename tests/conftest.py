@@ -17,6 +17,20 @@ TINY_OPTS = ["MODEL.BACKBONE.NAME", TINY_CLIP, "MODEL.BACKBONE.PRETRAINED", "",
              "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_feature_cache(tmp_path_factory):
+    """Tests never write to the user's feature cache (~/.cache/medpt/features)."""
+    import os
+
+    old = os.environ.get("MEDPT_FEATURE_CACHE")
+    os.environ["MEDPT_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDPT_FEATURE_CACHE", None)
+    else:
+        os.environ["MEDPT_FEATURE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
