@@ -206,14 +206,18 @@ class DCPL(TrainerX):
 
     def test(self, split: Optional[str] = None) -> Dict:
         self._split = split or self.cfg.TEST.SPLIT
-        return super().test(split)
+        try:
+            return super().test(split)
+        finally:
+            self._index = None
 
     def parse_batch_test(self, batch):
         self._index = batch.get("index")
         return super().parse_batch_test(batch)
 
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.domain_features(images, self._index, self._split))
+        idx = self._index if self._index is not None and len(self._index) == images.shape[0] else None
+        return self.model(images, self.domain_features(images, idx, self._split))
 
     def trainable_param_count_closed_form(self) -> int:
         """:func:`dcpl_param_count` at this run's widths (equals :meth:`count_trainable_params`)."""
