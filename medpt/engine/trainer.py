@@ -241,6 +241,31 @@ class TrainerBase:
         self.model_backward(loss)
         self.model_update(names)
 
+    @staticmethod
+    def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1 accuracy in percent (0-100) of ``[B, C]`` logits against ``[B]`` labels."""
+        return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+    def step_and_report(self, logits: torch.Tensor, labels: torch.Tensor,
+                        loss: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """The supervised step tail shared by the methods: backward + update, then the record.
+
+        Args:
+            logits: ``[B, C]`` the batch's logits (for the accuracy only).
+            labels: ``[B]`` class indices.
+            loss: the scalar loss to optimise; default ``F.cross_entropy(logits.float(), labels)``.
+
+        Returns:
+            ``{"loss": float, "acc": percent}`` as :meth:`TrainerX.run_epoch` expects.
+
+        Raises:
+            FloatingPointError: the loss is not finite (:meth:`model_backward_and_update`).
+        """
+        if loss is None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.item(), "acc": self.batch_accuracy(logits, labels)}
+
     def trainable_parameters(self) -> List[nn.Parameter]:
         """Unique parameters held by the registered optimisers."""
         seen, out = set(), []
@@ -317,6 +342,16 @@ class SimpleTrainer(TrainerBase):
     @property
     def prec(self) -> str:
         return self.method_cfg.get("PREC", "fp32")
+
+    def check_prec(self, cfg, hint: str = "") -> None:
+        """Validate ``cfg.TRAINER.<CONFIG_KEY>.PREC`` (shared by the methods' :meth:`check_cfg`).
+
+        Raises:
+            ValueError: PREC is not ``fp32`` or ``amp`` (``hint`` is appended to the message).
+        """
+        prec = cfg.TRAINER[self.CONFIG_KEY].PREC
+        if prec not in ("fp32", "amp"):
+            raise ValueError(f"TRAINER.{self.CONFIG_KEY}.PREC must be 'fp32' or 'amp', got '{prec}'{hint}")
 
     def autocast(self):
         """bf16 autocast on CUDA when PREC is ``amp`` (fp32 master weights); fp32 otherwise."""
@@ -455,3 +490,37 @@ class TrainerX(SimpleTrainer):
                 continue
             if not any(p.requires_grad for p in m.parameters(recurse=True)):
                 m.eval()
+
+
+class ClassTextCacheMixin:
+    """Opt-in: compute the class text features once per test pass instead of once per batch.
+
+    For methods whose class features do not depend on the image: :meth:`before_test` stores
+    :meth:`class_text_features` (under ``torch.no_grad`` and the method's :meth:`autocast`) in
+    ``self._test_text``, :meth:`after_test` drops it, and :meth:`model_inference` passes it to
+    ``self.model(images, text_features=...)``. Put the mixin first among the bases
+    (``class M(ClassTextCacheMixin, TrainerX)``). Source: the official trainers recompute the text
+    features per test batch; the numbers are the same, only the repeated work goes.
+
+    Hooks: override :meth:`class_text_features` (return ``None`` to compute per batch, e.g. for
+    image-conditioned prompts) and/or :meth:`model_inference` (another model signature).
+    """
+
+    _test_text = None
+
+    def class_text_features(self) -> Optional[torch.Tensor]:
+        """``[C, E]`` class text features for the test pass (default ``self.model.text_features()``)."""
+        return self.model.text_features()
+
+    def before_test(self) -> None:
+        super().before_test()
+        with torch.no_grad(), self.autocast():
+            self._test_text = self.class_text_features()
+
+    def after_test(self) -> None:
+        self._test_text = None
+        super().after_test()
+
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W] -> [B, C]`` logits with the cached class text features."""
+        return self.model(images, text_features=self._test_text)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from ..clip.feature_cache import (CachedFeatureLoader, FeatureBank, FeatureCache, build_feature_bank,
                                   data_fingerprint, is_random_transform, module_fingerprint, resolve_cache_dir,
                                   transform_signature)
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
 class FrozenImageEncoderTrainer(TrainerX):
@@ -187,6 +187,23 @@ class FrozenImageEncoderTrainer(TrainerX):
             return super().test(split)
         finally:
             setattr(self, attr, original)
+
+
+class FrozenClassTextCacheMixin(ClassTextCacheMixin):
+    """:class:`medpt.engine.trainer.ClassTextCacheMixin` for :class:`FrozenImageEncoderTrainer` methods.
+
+    The class text features are computed once per test pass; :meth:`inference_features` maps
+    ``[B, E]`` unnormalised image features to ``[B, C]`` logits with
+    ``self.model.forward_features(feats, text_features=...)``. Use it first among the bases:
+    ``class M(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer)``.
+    """
+
+    #: keep the frozen trainer's images-or-features entry point (not the mixin's image one).
+    model_inference = FrozenImageEncoderTrainer.model_inference
+
+    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits (cached text features)."""
+        return self.model.forward_features(feats, text_features=self._test_text)
 
 
 def image_loader(trainer: TrainerX, split: str, pipeline: str = "test") -> DataLoader:

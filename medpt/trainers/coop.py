@@ -33,7 +33,7 @@ from yacs.config import CfgNode as CN
 
 from ..clip import PromptLearner, TextEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ._frozen import FrozenImageEncoderTrainer
+from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 
 
 class CoOpCLIP(nn.Module):
@@ -80,7 +80,7 @@ class CoOpCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("CoOp")
-class CoOp(FrozenImageEncoderTrainer):
+class CoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     """CoOp trainer. Config ``TRAINER.COOP``: N_CTX, CSC, CTX_INIT, CLASS_TOKEN_POSITION, PREC."""
 
     CONFIG_KEY = "COOP"
@@ -96,10 +96,7 @@ class CoOp(FrozenImageEncoderTrainer):
         return c
 
     def check_cfg(self, cfg) -> None:
-        c = cfg.TRAINER.COOP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.COOP.PREC must be 'fp32' or 'amp', got '{c.PREC}' "
-                             "(fp16 master weights are not supported; see the CoOp docstring)")
+        self.check_prec(cfg, " (fp16 master weights are not supported; see the CoOp docstring)")
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -108,22 +105,9 @@ class CoOp(FrozenImageEncoderTrainer):
                               csc=c.CSC, class_token_position=c.CLASS_TOKEN_POSITION).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
         with self.autocast():
             logits = self.model.forward_features(feats)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(feats, text_features=self._test_text)
+        return self.step_and_report(logits, labels)

@@ -33,7 +33,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
-from ._frozen import FrozenImageEncoderTrainer
+from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 from .coop import CoOpCLIP
 from .zsclip import zero_shot_text_features
 
@@ -78,7 +78,7 @@ class KgCoOpCLIP(CoOpCLIP):
 
 
 @TRAINER_REGISTRY.register("KgCoOp")
-class KgCoOp(FrozenImageEncoderTrainer):
+class KgCoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     """KgCoOp trainer. Config ``TRAINER.KGCOOP``: N_CTX, CTX_INIT, CSC, CLASS_TOKEN_POSITION, W,
     TEMPLATE, PREC."""
 
@@ -97,9 +97,8 @@ class KgCoOp(FrozenImageEncoderTrainer):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.KGCOOP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.KGCOOP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.W < 0:
             raise ValueError(f"TRAINER.KGCOOP.W must be >= 0, got {c.W}")
 
@@ -113,7 +112,6 @@ class KgCoOp(FrozenImageEncoderTrainer):
                                 class_token_position=c.CLASS_TOKEN_POSITION).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         feats, labels = self.parse_batch_train(batch)
@@ -122,15 +120,4 @@ class KgCoOp(FrozenImageEncoderTrainer):
             logits = self.model.forward_features(feats, text_features=text)
         loss = F.cross_entropy(logits.float(), labels) + self.method_cfg.W * knowledge_loss(
             text.float(), self.model.text_features_old)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(feats, text_features=self._test_text)
+        return self.step_and_report(logits, labels, loss)

@@ -53,7 +53,7 @@ from yacs.config import CfgNode as CN
 
 from ..clip import TextEncoder, clean_classname
 from ..engine.registry import TRAINER_REGISTRY
-from ._frozen import FrozenImageEncoderTrainer
+from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 from .kgcoop import dataset_template, knowledge_loss
 from .zsclip import zero_shot_text_features
 
@@ -196,7 +196,7 @@ class TCPCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("TCP")
-class TCP(FrozenImageEncoderTrainer):
+class TCP(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     """TCP trainer. Config ``TRAINER.TCP``: N_CTX, CTX_INIT, W, CLASS_TOKEN_LAYER, TEMPLATE, PREC."""
 
     CONFIG_KEY = "TCP"
@@ -213,9 +213,8 @@ class TCP(FrozenImageEncoderTrainer):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.TCP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.TCP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.N_CTX < 1:
             raise ValueError(f"TRAINER.TCP.N_CTX must be >= 1, got {c.N_CTX}")
 
@@ -230,7 +229,6 @@ class TCP(FrozenImageEncoderTrainer):
                              ctx_init=c.CTX_INIT, class_token_layer=self.class_token_layer).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         feats, labels = self.parse_batch_train(batch)
@@ -239,15 +237,4 @@ class TCP(FrozenImageEncoderTrainer):
             logits = self.model.forward_features(feats, text_features=text)
         loss = F.cross_entropy(logits.float(), labels) + self.method_cfg.W * knowledge_loss(
             text.float(), self.model.prompt_learner.text_features)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(feats, text_features=self._test_text)
+        return self.step_and_report(logits, labels, loss)
