@@ -196,8 +196,7 @@ class AAPL(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
-        if cfg.TRAINER.AAPL.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.AAPL.PREC must be 'fp32' or 'amp', got '{cfg.TRAINER.AAPL.PREC}'")
+        self.check_prec(cfg)
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -247,4 +246,4 @@ class AAPL(TrainerX):
         loss = c.ALPHA * adtri.float() + c.BETA * ce
         self.model_backward_and_update(loss)
         return {"loss": loss.item(), "ce": ce.item(), "adtri": adtri.item(),
-                "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+                "acc": self.batch_accuracy(logits, labels)}
