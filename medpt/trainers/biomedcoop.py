@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 from ..knowledge import class_knowledge
 from .coop import CoOpCLIP
 
@@ -66,7 +66,7 @@ def prune_descriptions(scores: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 @TRAINER_REGISTRY.register("BiomedCoOp")
-class BiomedCoOp(TrainerX):
+class BiomedCoOp(ClassTextCacheMixin, TrainerX):
     """BiomedCoOp trainer. Config ``TRAINER.BIOMEDCOOP``: N_CTX, CTX_INIT, CSC, CLASS_TOKEN_POSITION,
     N_PROMPTS, TAU, SCCM_LAMBDA, KDSP_LAMBDA, DESCRIPTION_FILE, PREC."""
 
@@ -88,9 +88,8 @@ class BiomedCoOp(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.BIOMEDCOOP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.BIOMEDCOOP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.N_PROMPTS < 1:
             raise ValueError(f"TRAINER.BIOMEDCOOP.N_PROMPTS must be >= 1, got {c.N_PROMPTS}")
 
@@ -112,7 +111,6 @@ class BiomedCoOp(TrainerX):
             feats = torch.cat([bb.model.encode_text(tok[i:i + 256]).float() for i in range(0, len(tok), 256)])
         #: ``[C, N, E]`` frozen normalised description features.
         self.desc_feats = F.normalize(feats, dim=-1).view(self.num_classes, c.N_PROMPTS, -1)
-        self._test_text = None
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The three loss terms and the logits for one batch (see the module docstring)."""
@@ -141,14 +139,4 @@ class BiomedCoOp(TrainerX):
         self.model_backward_and_update(loss)
         logits = out["logits"]
         return {"loss": loss.item(), "ce": out["ce"].item(), "sccm": out["sccm"].item(), "kd": out["kd"].item(),
-                "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+                "acc": self.batch_accuracy(logits, labels)}
