@@ -110,7 +110,7 @@ from ..clip import PromptLearner, clean_classname
 from ..clip.gpa import GaussianPromptAggregator
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ class CILMPCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("CILMP")
-class CILMP(TrainerX):
+class CILMP(ClassTextCacheMixin, TrainerX):
     """CILMP trainer. Config ``TRAINER.CILMP`` (see :meth:`config_defaults` and the module docstring)."""
 
     CONFIG_KEY = "CILMP"
@@ -479,9 +479,8 @@ class CILMP(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.CILMP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.CILMP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.LOSS not in ("supcon", "ce"):
             raise ValueError(f"TRAINER.CILMP.LOSS must be 'supcon' (paper Eq. 14) or 'ce' (official code), got '{c.LOSS}'")
         if c.KNOWLEDGE not in ("representations", "text"):
@@ -596,7 +595,6 @@ class CILMP(TrainerX):
         optim, sched = self.build_optim_sched(pl)
         self.register_model("prompt_learner", pl, optim, sched)
         self.gpa = GaussianPromptAggregator(pl.prompt_parameters(), self.max_epoch, c.GPA_MEAN, c.GPA_STD)
-        self._test_text = None
 
     @staticmethod
     def _fit_depths(clip_model, c):
@@ -635,8 +633,7 @@ class CILMP(TrainerX):
             loss = supervised_contrastive_loss(logits, labels)
         else:
             loss = F.cross_entropy(logits, labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels, loss)
 
     def after_epoch(self) -> None:
         """GPA step (the aggregate replaces the prompts after the last epoch), then checkpoint."""
@@ -649,13 +646,6 @@ class CILMP(TrainerX):
     def load_extra_state(self, state: dict) -> None:
         self.gpa.load_state_dict(state.get("gpa"))
 
-    def before_test(self) -> None:
-        if not self.model.image_conditioned:
-            with torch.no_grad(), self.autocast():
-                self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+    def class_text_features(self) -> Optional[torch.Tensor]:
+        """Cached per test pass unless the class prompts are image-conditioned (then per batch)."""
+        return None if self.model.image_conditioned else self.model.text_features()
