@@ -106,9 +106,8 @@ class ClipAdapter(FrozenImageEncoderTrainer):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.CLIP_ADAPTER
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.CLIP_ADAPTER.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if not 0.0 <= c.RATIO <= 1.0:
             raise ValueError(f"TRAINER.CLIP_ADAPTER.RATIO must be in [0, 1], got {c.RATIO}")
 
@@ -125,9 +124,7 @@ class ClipAdapter(FrozenImageEncoderTrainer):
         feats, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model.forward_features(feats)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels)
 
     def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(feats)
