@@ -126,8 +126,7 @@ class CoCoOp(FrozenImageEncoderTrainer):
         return c
 
     def check_cfg(self, cfg) -> None:
-        if cfg.TRAINER.COCOOP.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.COCOOP.PREC must be 'fp32' or 'amp', got '{cfg.TRAINER.COCOOP.PREC}'")
+        self.check_prec(cfg)
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -141,9 +140,7 @@ class CoCoOp(FrozenImageEncoderTrainer):
         feats, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model.forward_features(feats)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels)
 
     def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(feats)
