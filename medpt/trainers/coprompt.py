@@ -56,7 +56,7 @@ from yacs.config import CfgNode as CN
 from ..clip import clean_classname
 from ..clip.prompted import PromptCoupler, PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
 def class_texts(dataset_id: str, classnames: Sequence[str], kind: str, path: str = "") -> list:
@@ -295,7 +295,7 @@ def randaugment_transform(cfg):
 
 
 @TRAINER_REGISTRY.register("CoPrompt")
-class CoPrompt(TrainerX):
+class CoPrompt(ClassTextCacheMixin, TrainerX):
     """CoPrompt trainer. Config ``TRAINER.COPROMPT``: N_CTX, CTX_INIT, PROMPT_DEPTH, USE_ADAPTERS,
     IMAGE_ADAPTER_RATIO, TEXT_ADAPTER_RATIO, W (consistency weight), DISTILL, AUGMENT,
     DESCRIPTION_FILE, PREC."""
@@ -319,9 +319,8 @@ class CoPrompt(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.COPROMPT
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.COPROMPT.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.DISTILL not in ("cosine", "mse"):
             raise ValueError(f"TRAINER.COPROMPT.DISTILL must be 'cosine' or 'mse', got '{c.DISTILL}'")
         if c.AUGMENT not in ("randaugment", "config"):
@@ -343,7 +342,6 @@ class CoPrompt(TrainerX):
         self.view_transform = randaugment_transform(self.cfg) if c.AUGMENT == "randaugment" else self.dm.tfm_train
         if c.AUGMENT == "randaugment" and self.train_loader_x is not None:
             self.train_loader_x.dataset.transform = self.view_transform
-        self._test_text = None
 
     @torch.no_grad()
     def _description_bank(self, bb) -> torch.Tensor:
@@ -373,15 +371,4 @@ class CoPrompt(TrainerX):
                 k = random.randrange(self.desc_feats.shape[0])
                 loss = loss + c.W * consistency_loss(text.float(), self.desc_feats[k], img.float(), teach_img,
                                                      c.DISTILL)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+        return self.step_and_report(logits, labels, loss)
