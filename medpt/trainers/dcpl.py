@@ -139,9 +139,8 @@ class DCPL(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.DCPL
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.DCPL.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.NOISE not in NOISE_MODES:
             raise ValueError(f"TRAINER.DCPL.NOISE must be one of {NOISE_MODES}, got '{c.NOISE}'")
         if str(c.DOMAIN_ENCODER).lower() not in DOMAIN_ENCODERS:
@@ -201,8 +200,7 @@ class DCPL(TrainerX):
         with self.autocast():
             logits = self.model(images, d).float()
         loss = F.cross_entropy(logits, labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels, loss)
 
     def test(self, split: Optional[str] = None) -> Dict:
         self._split = split or self.cfg.TEST.SPLIT
