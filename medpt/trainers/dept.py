@@ -128,9 +128,8 @@ class _DePTMixin:
         return self.cfg.TRAINER.DEPT.PREC
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.DEPT
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.DEPT.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if not 0.0 <= float(c.LINEAR_PROBE_WEIGHT) <= 1.0:
             raise ValueError(f"TRAINER.DEPT.LINEAR_PROBE_WEIGHT must be in [0, 1], got {c.LINEAR_PROBE_WEIGHT}")
 
@@ -175,8 +174,7 @@ class DePTOnCoOp(_DePTMixin, CoOp):
             sim = (m.clip.logit_scale.exp() * F.normalize(feats, dim=-1) @ F.normalize(text_raw, dim=-1).t()).float()
             lp, lp_y = self.head.train_logits(text_raw, feats.float(), labels)
         loss = dept_loss(sim, labels, lp.float(), lp_y, self.lp_weight)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (sim.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(sim, labels, loss)
 
     def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.fused(super().inference_features(feats), feats)
