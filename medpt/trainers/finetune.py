@@ -71,6 +71,4 @@ class FullFineTune(TrainerX):
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels)
