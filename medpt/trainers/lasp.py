@@ -48,7 +48,7 @@ from yacs.config import CfgNode as CN
 from ..clip import PromptLearner, clean_classname
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
 class LASPCLIP(nn.Module):
@@ -125,7 +125,7 @@ class LASPCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("LASP")
-class LASP(TrainerX):
+class LASP(ClassTextCacheMixin, TrainerX):
     """LASP trainer. Config ``TRAINER.LASP``: N_CTX, CTX_INIT, LASP_LOSS_WEIGHT,
     ENABLE_CORRECTION, TRAIN_W, FINETUNE_VIT_LN, LN_LR_MULT, TEMPLATES, GRAD_CLIP, PREC."""
 
@@ -147,9 +147,7 @@ class LASP(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
-        c = cfg.TRAINER.LASP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.LASP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
+        self.check_prec(cfg)
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -167,7 +165,6 @@ class LASP(TrainerX):
             groups.insert(0, {"params": ln, "lr": self.cfg.OPTIM.LR * c.LN_LR_MULT})
         optim, sched = self.build_optim_sched(groups)
         self.register_model("prompt_learner", pl, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
@@ -184,14 +181,4 @@ class LASP(TrainerX):
         if self.prec == "amp" and c.GRAD_CLIP > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), c.GRAD_CLIP)
         self.model_update()
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+        return {"loss": loss.item(), "acc": self.batch_accuracy(logits, labels)}
