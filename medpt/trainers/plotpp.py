@@ -51,7 +51,7 @@ from yacs.config import CfgNode as CN
 from ..clip import clean_classname
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 #: official generic four-word templates (``template_dict`` for Caltech101 / SUN397).
 PLOT_TEMPLATES = ("a photo of a", "this is a photo", "this is picture of", "one picture of a")
@@ -184,7 +184,7 @@ class PLOTPPCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("PLOTPP", aliases=("PLOT++",))
-class PLOTPP(TrainerX):
+class PLOTPP(ClassTextCacheMixin, TrainerX):
     """PLOT++ trainer. Config ``TRAINER.PLOTPP``: N, M, N_CTX_V, TEMPLATES, MODEL_UPD, TRADE_OFF,
     PRETRAIN_DIR, EPS, MAX_ITER, THRESH, PREC."""
 
@@ -207,9 +207,8 @@ class PLOTPP(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.PLOTPP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.PLOTPP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.MODEL_UPD not in ("two_stage", "vision", "joint"):
             raise ValueError(f"TRAINER.PLOTPP.MODEL_UPD must be two_stage, vision or joint, got '{c.MODEL_UPD}'")
 
@@ -230,7 +229,6 @@ class PLOTPP(TrainerX):
             self.model.trade_off = True
         optim, sched = self.build_optim_sched([p for p in pl.parameters() if p.requires_grad])
         self.register_model("prompt_learner", pl, optim, sched)
-        self._test_text = None
 
     def _load_pretrained(self, directory: Path) -> None:
         ptr = directory / "prompt_learner" / "checkpoint"
@@ -267,16 +265,4 @@ class PLOTPP(TrainerX):
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+        return self.step_and_report(logits, labels)
