@@ -54,7 +54,7 @@ from ..clip import PromptLearner, clean_classname
 from ..clip.imagenet_templates import IMAGENET_TEMPLATES
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
 def gpa_weights(n_epochs: int, mean: float, std: float) -> List[float]:
@@ -150,7 +150,7 @@ class PromptSRCCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("PromptSRC")
-class PromptSRC(TrainerX):
+class PromptSRC(ClassTextCacheMixin, TrainerX):
     """PromptSRC trainer. Config ``TRAINER.PROMPTSRC``: N_CTX_TEXT, N_CTX_VISION, CTX_INIT,
     PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION, TEXT_LOSS_WEIGHT, IMAGE_LOSS_WEIGHT, GPA_MEAN,
     GPA_STD, PREC."""
@@ -173,9 +173,8 @@ class PromptSRC(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.PROMPTSRC
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.PROMPTSRC.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if c.GPA_STD <= 0:
             raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0, got {c.GPA_STD}")
 
@@ -189,7 +188,6 @@ class PromptSRC(TrainerX):
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
         self.gpa_weights = gpa_weights(self.max_epoch, c.GPA_MEAN, c.GPA_STD)
         self._gpa: Optional[Dict[str, torch.Tensor]] = None
-        self._test_text = None
 
     def _trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.prompt_learner.named_parameters() if p.requires_grad}
@@ -213,8 +211,7 @@ class PromptSRC(TrainerX):
         loss_kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(zs_logits, 1), reduction="sum",
                            log_target=True) / logits.numel()
         loss = loss_ce + loss_text + loss_img + loss_kl
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels, loss)
 
     def after_epoch(self) -> None:
         """GPA: add ``g_e * theta_e``; after the last epoch load the aggregate, then checkpoint."""
@@ -237,13 +234,3 @@ class PromptSRC(TrainerX):
     def load_extra_state(self, state: dict) -> None:
         gpa = state.get("gpa")
         self._gpa = None if gpa is None else {n: v.to(self.device) for n, v in gpa.items()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
