@@ -43,7 +43,7 @@ from yacs.config import CfgNode as CN
 from ..clip import clean_classname
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
 class RPOPrompts(nn.Module):
@@ -121,7 +121,7 @@ class RPOCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("RPO")
-class RPO(TrainerX):
+class RPO(ClassTextCacheMixin, TrainerX):
     """RPO trainer. Config ``TRAINER.RPO``: K, TEMPLATE, PREC."""
 
     CONFIG_KEY = "RPO"
@@ -135,9 +135,7 @@ class RPO(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
-        c = cfg.TRAINER.RPO
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.RPO.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
+        self.check_prec(cfg)
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -145,22 +143,9 @@ class RPO(TrainerX):
         self.model = RPOCLIP(bb.model, bb.tokenizer, self.classnames, k=c.K, template=c.TEMPLATE).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
-
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_features()
-
-    def after_test(self) -> None:
-        self._test_text = None
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, text_features=self._test_text)
+        return self.step_and_report(logits, labels)
