@@ -45,7 +45,7 @@ from yacs.config import CfgNode as CN
 
 from ..clip import PromptLearner, TextEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 from ..knowledge import class_knowledge
 
 
@@ -140,7 +140,7 @@ class ViPCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("ViP")
-class ViP(TrainerX):
+class ViP(ClassTextCacheMixin, TrainerX):
     """ViP trainer. Config ``TRAINER.VIP``: N_CTX, CSC (False only), CLASS_TOKEN_POSITION ("end"),
     DESCRIPTOR_FILE (a knowledge JSON; default: the dataset's shipped file), PREC.
 
@@ -167,8 +167,7 @@ class ViP(TrainerX):
             raise ValueError("TRAINER.VIP.CSC: only unified context (False) is supported")
         if c.CLASS_TOKEN_POSITION != "end":
             raise ValueError("TRAINER.VIP.CLASS_TOKEN_POSITION must be 'end' (the official 'front' branch is broken)")
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.VIP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
+        self.check_prec(cfg)
 
     def build_model(self) -> None:
         c = self.method_cfg
@@ -178,22 +177,16 @@ class ViP(TrainerX):
         optim, sched = self.build_optim_sched(self.model.learner)
         self.register_model("prompt_learner", self.model.learner, optim, sched)
         self.official_requires_grad_params = official_flagged_params(bb.model, self.num_classes, c.N_CTX)
-        self._test_feats = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return self.step_and_report(logits, labels)
 
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_feats = self.model.class_features()
-
-    def after_test(self) -> None:
-        self._test_feats = None
+    def class_text_features(self) -> torch.Tensor:
+        """The class features (``self.model.class_features()``), once per test pass."""
+        return self.model.class_features()
 
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, class_features=self._test_feats)
+        return self.model(images, class_features=self._test_text)
