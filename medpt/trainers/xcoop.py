@@ -56,7 +56,7 @@ from yacs.config import CfgNode as CN
 from ..clip import PromptLearner, clean_classname
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import TrainerX
+from ..engine.trainer import ClassTextCacheMixin, TrainerX
 from .coprompt import class_texts
 
 
@@ -160,7 +160,7 @@ class XCoOpCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("XCoOp")
-class XCoOp(TrainerX):
+class XCoOp(ClassTextCacheMixin, TrainerX):
     """XCoOp trainer. Config ``TRAINER.XCOOP``: CTX_INIT, TEXT_PROMPT_NUMBER, VISUAL_FEATURE_NUMBER,
     PROMPT_LOSS_WEIGHT, TOKEN_LOSS_WEIGHT, LOCAL_SCALE, LN_LR_MULT, CLINICAL_PROMPTS, PREC."""
 
@@ -181,9 +181,8 @@ class XCoOp(TrainerX):
         return c
 
     def check_cfg(self, cfg) -> None:
+        self.check_prec(cfg)
         c = cfg.TRAINER.XCOOP
-        if c.PREC not in ("fp32", "amp"):
-            raise ValueError(f"TRAINER.XCOOP.PREC must be 'fp32' or 'amp', got '{c.PREC}'")
         if not c.CTX_INIT:
             raise ValueError("TRAINER.XCOOP.CTX_INIT must be a phrase (the official code initialises every "
                              "context from it, e.g. 'a photo of a')")
@@ -201,7 +200,6 @@ class XCoOp(TrainerX):
                   {"params": [m.prompt_learner.ctx]}]
         optim, sched = self.build_optim_sched(groups)
         self.register_model("xcoop", self.learnable, optim, sched)
-        self._test_text = None
 
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
@@ -220,14 +218,11 @@ class XCoOp(TrainerX):
         if self.prec == "amp":
             torch.nn.utils.clip_grad_norm_(list(self.learnable.parameters()), 1.0)
         self.model_update()
-        return {"loss": loss.item(), "acc": 100.0 * (logits.argmax(1) == labels).float().mean().item()}
+        return {"loss": loss.item(), "acc": self.batch_accuracy(logits, labels)}
 
-    def before_test(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self._test_text = self.model.text_raw()
-
-    def after_test(self) -> None:
-        self._test_text = None
+    def class_text_features(self) -> torch.Tensor:
+        """The raw (unnormalised) prompted class text features, once per test pass."""
+        return self.model.text_raw()
 
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.logits(images, self._test_text)
