@@ -33,26 +33,9 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
+from ._common import dataset_template, template_text_features  # noqa: F401 (dataset_template re-exported)
 from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 from .coop import CoOpCLIP
-from .zsclip import zero_shot_text_features
-
-
-def dataset_template(trainer, override: str = "") -> str:
-    """The hand-crafted template a method uses: ``override`` if given, else the dataset reader's
-    ``templates[0]``, else "a photo of a {}.".
-
-    Raises:
-        ValueError: the template has no ``{}`` slot (names the source).
-    """
-    if override:
-        t, src = override, f"TRAINER.{trainer.CONFIG_KEY}.TEMPLATE"
-    else:
-        ts = list(getattr(trainer.dm.dataset, "templates", ()) or ())
-        t, src = (ts[0] if ts else "a photo of a {}."), f"{trainer.dm.dataset.name}.templates[0]"
-    if "{}" not in t:
-        raise ValueError(f"{src}: template {t!r} has no '{{}}' slot for the class name")
-    return t
 
 
 def knowledge_loss(text_features: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:
@@ -105,8 +88,7 @@ class KgCoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     def build_model(self) -> None:
         c = self.method_cfg
         bb = self.get_backbone()
-        self.template = dataset_template(self, c.TEMPLATE)
-        knowledge = zero_shot_text_features(bb.model, bb.tokenizer, self.classnames, [self.template])
+        self.template, knowledge = template_text_features(self, c.TEMPLATE)
         self.model = KgCoOpCLIP(bb.model, bb.tokenizer, self.classnames, knowledge, n_ctx=c.N_CTX,
                                 ctx_init=c.CTX_INIT, csc=c.CSC,
                                 class_token_position=c.CLASS_TOKEN_POSITION).to(self.device)

@@ -53,9 +53,9 @@ from yacs.config import CfgNode as CN
 
 from ..clip import TextEncoder, clean_classname
 from ..engine.registry import TRAINER_REGISTRY
+from ._common import template_text_features
 from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
-from .kgcoop import dataset_template, knowledge_loss
-from .zsclip import zero_shot_text_features
+from .kgcoop import knowledge_loss
 
 
 class QuickGELU(nn.Module):
@@ -221,8 +221,7 @@ class TCP(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     def build_model(self) -> None:
         c = self.method_cfg
         bb = self.get_backbone()
-        self.template = dataset_template(self, c.TEMPLATE)
-        knowledge = zero_shot_text_features(bb.model, bb.tokenizer, self.classnames, [self.template])
+        self.template, knowledge = template_text_features(self, c.TEMPLATE)
         self.class_token_layer = resolve_class_token_layer(int(c.CLASS_TOKEN_LAYER),
                                                            len(bb.model.transformer.resblocks))
         self.model = TCPCLIP(bb.model, bb.tokenizer, self.classnames, knowledge, self.template, n_ctx=c.N_CTX,
