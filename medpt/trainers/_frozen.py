@@ -10,9 +10,10 @@ A method implements:
 
 * ``build_model()`` as for any trainer;
 * ``forward_backward(batch)``: ``feats, labels = self.parse_batch_train(batch)`` gives
-  ``[B, E]`` float32 features and ``[B]`` labels whatever the path;
-* ``inference_features(feats) -> [B, C]`` logits; :meth:`model_inference` accepts images
-  ``[B, 3, H, W]`` or features ``[B, E]``.
+  ``[B, E]`` float32 features and ``[B]`` labels whatever the path (default: cross-entropy on
+  ``self.model.forward_features(feats)``);
+* ``inference_features(feats) -> [B, C]`` logits (default ``self.model.forward_features(feats)``);
+  :meth:`model_inference` accepts images ``[B, 3, H, W]`` or features ``[B, E]``.
 
 When the cache is used (``MODEL.FEATURE_CACHE.ENABLED``):
 
@@ -76,9 +77,19 @@ class FrozenImageEncoderTrainer(TrainerX):
         """Images ``[B, 3, H, W]`` or features ``[B, E]`` -> ``[B, C]`` logits."""
         return self.inference_features(self._as_features(x))
 
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits (method-specific)."""
-        raise NotImplementedError
+    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits.
+
+        Default: ``self.model.forward_features(feats)`` (CoOp, CoCoOp, CLIP-Adapter heads)."""
+        return self.model.forward_features(feats)
+
+    def forward_backward(self, batch) -> Dict[str, float]:
+        """Default step: cross-entropy on ``self.model.forward_features(feats)`` under
+        :meth:`autocast`, then :meth:`step_and_report` (CoOp, CoCoOp, CLIP-Adapter)."""
+        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
+        with self.autocast():
+            logits = self.model.forward_features(feats)
+        return self.step_and_report(logits, labels)
 
     # -- cache -------------------------------------------------------------------------------
     @property

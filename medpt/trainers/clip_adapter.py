@@ -27,7 +27,6 @@ Deliberate differences from the official code:
 """
 from __future__ import annotations
 
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +34,8 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
+from ._common import template_text_features
 from ._frozen import FrozenImageEncoderTrainer
-from .kgcoop import dataset_template
-from .zsclip import zero_shot_text_features
 
 
 class Adapter(nn.Module):
@@ -114,17 +112,7 @@ class ClipAdapter(FrozenImageEncoderTrainer):
     def build_model(self) -> None:
         c = self.method_cfg
         bb = self.get_backbone()
-        self.template = dataset_template(self, c.TEMPLATE)
-        text = zero_shot_text_features(bb.model, bb.tokenizer, self.classnames, [self.template])
+        self.template, text = template_text_features(self, c.TEMPLATE)
         self.model = ClipAdapterModel(bb.model, text, ratio=c.RATIO, reduction=c.REDUCTION).to(self.device)
         optim, sched = self.build_optim_sched(self.model.adapter)
         self.register_model("adapter", self.model.adapter, optim, sched)
-
-    def forward_backward(self, batch) -> Dict[str, float]:
-        feats, labels = self.parse_batch_train(batch)
-        with self.autocast():
-            logits = self.model.forward_features(feats)
-        return self.step_and_report(logits, labels)
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(feats)

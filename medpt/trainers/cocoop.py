@@ -26,7 +26,6 @@ Deliberate differences from the official code:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -135,12 +134,3 @@ class CoCoOp(FrozenImageEncoderTrainer):
                                 ctx_init=c.CTX_INIT).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-
-    def forward_backward(self, batch) -> Dict[str, float]:
-        feats, labels = self.parse_batch_train(batch)
-        with self.autocast():
-            logits = self.model.forward_features(feats)
-        return self.step_and_report(logits, labels)
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(feats)

@@ -24,7 +24,7 @@ Deliberate differences from the official code:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -105,9 +105,3 @@ class CoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
                               csc=c.CSC, class_token_position=c.CLASS_TOKEN_POSITION).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-
-    def forward_backward(self, batch) -> Dict[str, float]:
-        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
-        with self.autocast():
-            logits = self.model.forward_features(feats)
-        return self.step_and_report(logits, labels)
