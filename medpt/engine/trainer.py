@@ -7,7 +7,9 @@ A method subclasses :class:`TrainerX`, registers itself in ``TRAINER_REGISTRY``,
 ``build_model`` (build ``self.model``, call :meth:`register_model` for what it trains) and
 ``forward_backward(batch) -> dict`` (one optimisation step). Evaluation calls
 ``self.model_inference(images)``, which by default calls ``self.model(images)`` and may be
-overridden (e.g. to reuse text features across test batches).
+overridden (e.g. to reuse text features across test batches: :class:`ClassTextCacheMixin`).
+Shared step helpers: :meth:`TrainerBase.step_and_report` (backward + update + the
+``{"loss", "acc"}`` record), :meth:`TrainerBase.batch_accuracy`, :meth:`SimpleTrainer.check_prec`.
 
 Differences from Dassl, on purpose:
 
