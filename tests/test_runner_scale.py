@@ -128,3 +128,19 @@ def test_every_shipped_suite_parses_and_names_registered_things(name):
 def test_unknown_suite_is_named():
     with pytest.raises(KeyError, match="Unknown suite 'nope'"):
         load_suite("nope")
+
+
+def test_flops_match_the_closed_form_of_the_image_tower(tmp_path):
+    """Zero-shot CLIP's per-image inference FLOPs equal the tiny ViT's closed form: nothing (fused
+    attention fast path, CPU attention kernel) escapes the counter."""
+    cfg = tiny_cfg("zsclip", output_dir=tmp_path)
+    trainer = TRAINER_REGISTRY.get("zsclip")(cfg)
+    cost = measure_inference_cost(trainer, batch_size=2)
+    # tiny ViT: 2 blocks, width 64, 17 tokens (16 patches of 8 px + class token); per block the
+    # qkv + output projections (4 w^2) and MLP (8 w^2) per token, attention scores and weighted
+    # sum (2 * 2 t^2 w); the patch convolution; the projection to 64; the logits (2 classes x 64)
+    w, t, blocks = 64, 17, 2
+    per_block = 2 * t * 12 * w * w + 4 * t * t * w
+    expected = blocks * per_block + 2 * 16 * (3 * 8 * 8) * w + 2 * w * 64 + 2 * 2 * 64
+    assert cost["image_gflops"] * 1e9 == pytest.approx(expected, rel=1e-12)
+    assert cost["image_gmacs"] == pytest.approx(cost["image_gflops"] / 2)
