@@ -14,7 +14,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: opts that put a run on the tiny CLIP (32 px input).
 TINY_OPTS = ["MODEL.BACKBONE.NAME", TINY_CLIP, "MODEL.BACKBONE.PRETRAINED", "",
              "MODEL.BACKBONE.ALLOW_RANDOM_INIT", "True", "INPUT.SIZE", "(32, 32)",
-             "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False"]
+             "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False",
+             # tests see exact (uncached-equivalent) training unless they ask for the view bank
+             "MODEL.FEATURE_CACHE.NUM_VIEWS", "0", "MODEL.FEATURE_CACHE.VIEW_SEED", "-1"]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -112,7 +112,7 @@ def test_disabled_writes_nothing(synth, tmp_path):
 
 
 def test_view_bank_seeded_views_and_epoch_sampling(synth, tmp_path):
-    opts = ["MODEL.FEATURE_CACHE.NUM_VIEWS", "3", "INPUT.RRCROP_SCALE", "(0.2, 1.0)"]
+    opts = ["MODEL.FEATURE_CACHE.NUM_VIEWS", "3", "INPUT.RRCROP_SCALE", "(0.2, 1.0)", "MODEL.FEATURE_CACHE.VIEW_SEED", "-1"]
     tr = make("CoOp", synth, tmp_path / "a", tmp_path / "cache", opts=opts)
     assert is_random_transform(tr.cfg) and tr.uses_cached_training()
     bank = tr.feature_bank("train")
