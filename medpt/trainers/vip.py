@@ -24,6 +24,10 @@ reproduces that figure; here CLIP stays truly frozen (``requires_grad=False``).
 Deliberate differences from the official code:
 
 * CLIP frozen for real (see above): same training, less backward work;
+* the image tower is frozen and unprompted, so ViP is a
+  :class:`~medpt.trainers._frozen.FrozenImageEncoderTrainer`: image features come from the shared
+  feature cache where the protocol allows (test/val always; training with
+  ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0), and a training step is then one text pass (issue 9);
 * descriptors come from :mod:`medpt.knowledge`; a class without descriptors gets generic
   class-name descriptors with a warning (official: KeyError); classes may have different
   descriptor counts (handled with a mask);
@@ -45,8 +49,8 @@ from yacs.config import CfgNode as CN
 
 from ..clip import PromptLearner, TextEncoder
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import ClassTextCacheMixin, TrainerX
 from ..knowledge import class_knowledge
+from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 
 
 def official_flagged_params(clip_model: nn.Module, n_cls: int, n_ctx: int = 4) -> int:
@@ -133,14 +137,21 @@ class ViPCLIP(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images).float(), dim=-1)
 
+    def forward_features(self, image_features: torch.Tensor, text_features=None) -> torch.Tensor:
+        """``[B, E]`` unnormalised frozen image features -> ``[B, C]`` logits (``text_features``:
+        precomputed ``[C, E]`` class features, else one text pass)."""
+        g = self.class_features() if text_features is None else text_features
+        return self.clip.logit_scale.exp() * F.normalize(image_features.float(), dim=-1) @ g.t()
+
     def forward(self, images: torch.Tensor, class_features=None) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, C]`` logits."""
-        g = self.class_features() if class_features is None else class_features
-        return self.clip.logit_scale.exp() * self.image_features(images) @ g.t()
+        with torch.no_grad():
+            feats = self.clip.encode_image(images).float()
+        return self.forward_features(feats, class_features)
 
 
 @TRAINER_REGISTRY.register("ViP")
-class ViP(ClassTextCacheMixin, TrainerX):
+class ViP(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     """ViP trainer. Config ``TRAINER.VIP``: N_CTX, CSC (False only), CLASS_TOKEN_POSITION ("end"),
     DESCRIPTOR_FILE (a knowledge JSON; default: the dataset's shipped file), PREC.
 
@@ -179,14 +190,11 @@ class ViP(ClassTextCacheMixin, TrainerX):
         self.official_requires_grad_params = official_flagged_params(bb.model, self.num_classes, c.N_CTX)
 
     def forward_backward(self, batch) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
+        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
         with self.autocast():
-            logits = self.model(images)
+            logits = self.model.forward_features(feats)
         return self.step_and_report(logits, labels)
 
     def class_text_features(self) -> torch.Tensor:
         """The class features (``self.model.class_features()``), once per test pass."""
         return self.model.class_features()
-
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, class_features=self._test_text)
