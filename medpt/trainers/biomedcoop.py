@@ -27,7 +27,11 @@ Deliberate differences from the official code:
 * if no description survives the pruning (all |z| > TAU), all are kept (the official code would
   average an empty set);
 * if the MAD is 0 (all scores equal), all descriptions are kept;
-* fp32 (the official default) with optional bf16 autocast; text passes stop at the longest EOT.
+* fp32 (the official default) with optional bf16 autocast; text passes stop at the longest EOT;
+* the image tower is frozen and unprompted, so the trainer runs on the frozen-image-feature base
+  (:class:`~medpt.trainers._frozen.FrozenImageEncoderTrainer`): image features come from the
+  shared feature cache where the protocol allows (test/val always; training with
+  ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0), and a training step is then one text pass (issue 9).
 """
 from __future__ import annotations
 
@@ -38,8 +42,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
-from ..engine.trainer import ClassTextCacheMixin, TrainerX
 from ..knowledge import class_knowledge
+from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
 from .coop import CoOpCLIP
 
 
@@ -66,7 +70,7 @@ def prune_descriptions(scores: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 @TRAINER_REGISTRY.register("BiomedCoOp")
-class BiomedCoOp(ClassTextCacheMixin, TrainerX):
+class BiomedCoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
     """BiomedCoOp trainer. Config ``TRAINER.BIOMEDCOOP``: N_CTX, CTX_INIT, CSC, CLASS_TOKEN_POSITION,
     N_PROMPTS, TAU, SCCM_LAMBDA, KDSP_LAMBDA, DESCRIPTION_FILE, PREC."""
 
@@ -113,10 +117,12 @@ class BiomedCoOp(ClassTextCacheMixin, TrainerX):
         self.desc_feats = F.normalize(feats, dim=-1).view(self.num_classes, c.N_PROMPTS, -1)
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The three loss terms and the logits for one batch (see the module docstring)."""
+        """The three loss terms and the logits for one batch (see the module docstring).
+
+        ``images``: ``[B, 3, H, W]`` images or ``[B, E]`` unnormalised frozen image features."""
         c = self.method_cfg
         scale = self.model.clip.logit_scale.exp()
-        f = self.model.image_features(images)
+        f = F.normalize(self._as_features(images), dim=-1)
         t = self.model.text_features()
         logits = scale * f @ t.t()
         p = self.desc_feats
@@ -132,9 +138,9 @@ class BiomedCoOp(ClassTextCacheMixin, TrainerX):
         return {"logits": logits, "ce": ce, "sccm": sccm, "kd": kd, "n_kept": keep.sum()}
 
     def forward_backward(self, batch) -> Dict[str, float]:
-        images, labels = self.parse_batch_train(batch)
+        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
         with self.autocast():
-            out = self.losses(images, labels)
+            out = self.losses(feats, labels)
         loss = out["ce"].float() + out["sccm"].float() + out["kd"].float()
         self.model_backward_and_update(loss)
         logits = out["logits"]
