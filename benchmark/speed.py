@@ -490,6 +490,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         p_.requires_grad_(False)
                         results[m].setdefault("warning", "left backbone parameters trainable")
                 print(f"  {m} [{prec}, B={batch}] {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+                if args.out:  # partial results survive an interrupted run
+                    out["configs"][f"{prec}:{batch}"] = {"results": results, **ref_mem}
+                    Path(args.out).write_text(json.dumps(out, indent=1))
                 if args.device == "cuda":
                     torch.cuda.empty_cache()
             gci = grid_cost_index(results)
