@@ -23,9 +23,10 @@ import json
 from pathlib import Path
 from typing import List
 
-from ..engine.data import DatasetBase, compute_split_hash, read_json_split
+from ..engine.data import DatasetBase, Datum, compute_split_hash
 from ..engine.registry import DATASET_REGISTRY
 from .base import MedicalDataset
+from .splits import read_split_file
 
 #: CILMP's prompt class names, in label order.
 PNEUMONIA3_CLASSNAMES = ("normal", "bacteria pneumonia", "virus pneumonia")
@@ -137,7 +138,9 @@ class PneumoniaSample(DatasetBase):
 
     def __init__(self, cfg):
         split_path = Path(cfg.DATASET.SPLIT_FILE) if cfg.DATASET.SPLIT_FILE else self.split_file
-        split = read_json_split(split_path, SAMPLE_ROOT, "pneumonia_sample")
+        rows = read_split_file(split_path, len(self.classnames), "pneumonia_sample")
+        split = {k: [Datum(str(SAMPLE_ROOT / rel), label, self.classnames[label]) for rel, label in v]
+                 for k, v in rows.items() if k != "meta"}
         for d in split["train"] + split["test"]:
             label = pneumonia3_label(Path(d.impath))
             if label != d.label:

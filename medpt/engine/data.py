@@ -163,37 +163,6 @@ def compute_split_hash(split: Dict[str, List[Datum]], root: Optional[str]) -> st
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
 
 
-def read_json_split(path: Path | str, image_root: Path | str, dataset: str) -> Dict[str, List[Datum]]:
-    """Read a CoOp-format split file ``{"train": [[relpath, label, classname], ...], ...}``.
-
-    Raises:
-        FileNotFoundError: the split file is missing.
-        ValueError: the file is not valid JSON or a row is malformed (names file and row).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{dataset}: split file not found: {path}")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{dataset}: split file {path} is not valid JSON: {err}") from None
-    out: Dict[str, List[Datum]] = {}
-    for key in ("train", "val", "test"):
-        rows = obj.get(key)
-        if rows is None:
-            continue
-        items = []
-        for i, row in enumerate(rows):
-            if not (isinstance(row, (list, tuple)) and len(row) == 3):
-                raise ValueError(f"{dataset}: {path} '{key}' row {i} is not [relpath, label, classname]: {row!r}")
-            rel, label, cname = row
-            items.append(Datum(str(Path(image_root) / rel), int(label), str(cname)))
-        out[key] = items
-    if "train" not in out or "test" not in out:
-        raise ValueError(f"{dataset}: split file {path} needs both 'train' and 'test' lists")
-    return out
-
-
 _INTERP = {"bicubic": 3, "bilinear": 2, "nearest": 0}
 
 
