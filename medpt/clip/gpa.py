@@ -32,7 +32,7 @@ def gaussian_weights(n_epochs: int, mean: float, std: float) -> List[float]:
         ValueError: ``std <= 0`` or ``n_epochs < 1``.
     """
     if std <= 0 or n_epochs < 1:
-        raise ValueError(f"GPA needs std > 0 and at least one epoch, got std={std}, epochs={n_epochs}")
+        raise ValueError(f"GPA needs GPA_STD > 0 and MAX_EPOCH >= 1, got std={std}, epochs={n_epochs}")
     logs = torch.tensor([-0.5 * ((e - mean) / std) ** 2 for e in range(1, n_epochs + 1)], dtype=torch.float64)
     return torch.softmax(logs, dim=0).tolist()
 

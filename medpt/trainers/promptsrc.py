@@ -52,23 +52,14 @@ from yacs.config import CfgNode as CN
 
 from ..clip import PromptLearner, clean_classname
 from ..clip.imagenet_templates import IMAGENET_TEMPLATES
+from ..clip.gpa import GaussianPromptAggregator, gaussian_weights
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
 from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
-def gpa_weights(n_epochs: int, mean: float, std: float) -> List[float]:
-    """Normalised Gaussian weights ``g_e ∝ exp(-(e - mean)^2 / (2 std^2))`` for ``e = 1..n_epochs``.
-
-    Computed in log space (softmax of the log-densities), so they always sum to 1.
-
-    Raises:
-        ValueError: ``std <= 0`` or ``n_epochs < 1``.
-    """
-    if std <= 0 or n_epochs < 1:
-        raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0 and MAX_EPOCH >= 1, got {std}, {n_epochs}")
-    logs = torch.tensor([-0.5 * ((e - mean) / std) ** 2 for e in range(1, n_epochs + 1)], dtype=torch.float64)
-    return torch.softmax(logs, dim=0).tolist()
+#: GPA weights (kept under this name for callers of the PromptSRC module).
+gpa_weights = gaussian_weights
 
 
 class PromptSRCPrompts(nn.Module):
@@ -186,11 +177,10 @@ class PromptSRC(ClassTextCacheMixin, TrainerX):
                                    depth_text=c.PROMPT_DEPTH_TEXT, depth_vision=c.PROMPT_DEPTH_VISION).to(self.device)
         optim, sched = self.build_optim_sched(self.model.prompt_learner)
         self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
-        self.gpa_weights = gpa_weights(self.max_epoch, c.GPA_MEAN, c.GPA_STD)
-        self._gpa: Optional[Dict[str, torch.Tensor]] = None
-
-    def _trainable_state(self) -> Dict[str, torch.Tensor]:
-        return {n: p for n, p in self.model.prompt_learner.named_parameters() if p.requires_grad}
+        self.gpa = GaussianPromptAggregator(
+            [(n, p) for n, p in self.model.prompt_learner.named_parameters() if p.requires_grad],
+            self.max_epoch, c.GPA_MEAN, c.GPA_STD)
+        self.gpa_weights = self.gpa.weights
 
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
@@ -215,22 +205,11 @@ class PromptSRC(ClassTextCacheMixin, TrainerX):
 
     def after_epoch(self) -> None:
         """GPA: add ``g_e * theta_e``; after the last epoch load the aggregate, then checkpoint."""
-        g = self.gpa_weights[self.epoch]
-        with torch.no_grad():
-            cur = {n: p.detach().float() * g for n, p in self._trainable_state().items()}
-            if self._gpa is None:
-                self._gpa = {n: v.clone() for n, v in cur.items()}
-            else:
-                for n, v in cur.items():
-                    self._gpa[n] += v
-            if self.epoch + 1 == len(self.gpa_weights):  # the configured last epoch
-                for n, p in self._trainable_state().items():
-                    p.copy_(self._gpa[n])
+        self.gpa.step(self.epoch)  # the shared helper, medpt/clip/gpa.py
         super().after_epoch()
 
     def extra_state(self) -> dict:
-        return {"gpa": None if self._gpa is None else {n: v.cpu() for n, v in self._gpa.items()}}
+        return {"gpa": self.gpa.state_dict()["sum"]}
 
     def load_extra_state(self, state: dict) -> None:
-        gpa = state.get("gpa")
-        self._gpa = None if gpa is None else {n: v.to(self.device) for n, v in gpa.items()}
+        self.gpa.load_state_dict({"sum": state.get("gpa")})
