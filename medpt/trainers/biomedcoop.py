@@ -43,8 +43,7 @@ from yacs.config import CfgNode as CN
 
 from ..engine.registry import TRAINER_REGISTRY
 from ..knowledge import class_knowledge
-from ._frozen import FrozenClassTextCacheMixin, FrozenImageEncoderTrainer
-from .coop import CoOpCLIP
+from .coop import CoOp
 
 
 def prune_descriptions(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -70,7 +69,7 @@ def prune_descriptions(scores: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 @TRAINER_REGISTRY.register("BiomedCoOp")
-class BiomedCoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
+class BiomedCoOp(CoOp):
     """BiomedCoOp trainer. Config ``TRAINER.BIOMEDCOOP``: N_CTX, CTX_INIT, CSC, CLASS_TOKEN_POSITION,
     N_PROMPTS, TAU, SCCM_LAMBDA, KDSP_LAMBDA, DESCRIPTION_FILE, PREC."""
 
@@ -98,12 +97,9 @@ class BiomedCoOp(FrozenClassTextCacheMixin, FrozenImageEncoderTrainer):
             raise ValueError(f"TRAINER.BIOMEDCOOP.N_PROMPTS must be >= 1, got {c.N_PROMPTS}")
 
     def build_model(self) -> None:
+        super().build_model()  # CoOp's prompt learner, optimiser and schedule, from TRAINER.BIOMEDCOOP
         c = self.method_cfg
         bb = self.get_backbone()
-        self.model = CoOpCLIP(bb.model, bb.tokenizer, self.classnames, n_ctx=c.N_CTX, ctx_init=c.CTX_INIT,
-                              csc=c.CSC, class_token_position=c.CLASS_TOKEN_POSITION).to(self.device)
-        optim, sched = self.build_optim_sched(self.model.prompt_learner)
-        self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
         desc = class_knowledge(self.cfg.DATASET.NAME, self.classnames, "descriptions",
                                path=c.DESCRIPTION_FILE or None)
         short = [name for name, d in zip(self.classnames, desc) if len(d) < c.N_PROMPTS]
