@@ -180,3 +180,75 @@ def test_towers_run_under_bf16_autocast(towers):
     for a, b in list(zip(out_v, ref_v)) + list(zip(out_t, ref_t)):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a.float(), b, rtol=0.1, atol=0.1)
+
+
+def test_read_only_split_equals_masked_joint_pass_values_and_gradients(towers):
+    """RPO's two-stream pass (image/text tokens without gradient, prompts as queries) gives the
+    official masked joint pass's outputs and prompt gradients, in both towers."""
+    bb, txt, vis = towers
+    x = _images(3)
+    p = torch.randn(4, vis.width, requires_grad=True)
+    grads = {}
+    for split in (False, True):
+        cls, prm = vis(x, prompts=p, read_only=True, output="both", split=split)
+        (prm.square().sum() + cls.sum()).backward()
+        grads[split] = (cls.detach(), prm.detach(), p.grad.clone())
+        p.grad = None
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert grads[True][2].abs().sum() > 0
+    only = vis(x, prompts=p, read_only=True, output="prompts")
+    assert torch.allclose(only, grads[True][1], atol=1e-5)
+
+    ids = bb.tokenizer(["a photo of a cat.", "a photo of a very small dog.", "lungs"])
+    emb = bb.model.token_embedding(ids).detach()
+    eot = ids.argmax(-1)
+    ro = torch.randn(5, emb.shape[-1], requires_grad=True)
+    res = {}
+    for split in (False, True):
+        e, r = txt.forward_read_only(emb, eot, ro, split=split)
+        (r.square().sum()).backward()
+        res[split] = (e.detach(), r.detach(), ro.grad.clone())
+        ro.grad = None
+    for a, b in zip(res[False], res[True]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(res[True][0], bb.model.encode_text(ids), atol=1e-5)
+
+
+def test_read_only_split_keeps_gradients_to_images_when_asked(towers):
+    """If the images need a gradient (e.g. an attribution map), the image tokens' stream is not
+    detached: the gradient w.r.t. the input matches the masked joint pass."""
+    _, _, vis = towers
+    p = torch.randn(2, vis.width)
+    g = {}
+    for split in (False, True):
+        x = _images(2).requires_grad_(True)
+        vis(x, prompts=p, read_only=True, output="prompts", split=split).sum().backward()
+        g[split] = x.grad
+    assert g[True].abs().sum() > 0
+    assert torch.allclose(g[False], g[True], atol=1e-5, rtol=1e-4)
+
+
+def test_read_only_split_runs_no_backward_through_the_image_tokens(towers):
+    """The prompts' graph holds only [B, K, W]-sized activations: no saved tensor of the
+    [B, 1 + P, W] image-token stream requires a gradient."""
+    _, _, vis = towers
+    x = _images(2)
+    p = torch.randn(3, vis.width, requires_grad=True)
+    captured = []
+
+    def pack(t):
+        captured.append((tuple(t.shape), t.requires_grad))
+        return t
+
+    def token_sized(split):
+        captured.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            vis(x, prompts=p, read_only=True, output="prompts", split=split)
+        assert captured
+        return [s for s, rg in captured if rg and len(s) >= 2 and s[-2] >= n_tokens]
+
+    n_tokens = vis.visual.positional_embedding.shape[0]
+    assert token_sized(split=False)  # the masked joint pass back-propagates through every token
+    assert not token_sized(split=True)

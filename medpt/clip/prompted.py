@@ -16,6 +16,8 @@ API overview (``W`` = tower width: 512 text / 768 vision for ViT-B/16; ``E`` = j
     * ``forward_read_only(prompts, eot_idx, ro_prompts [K, D])`` -> ``(eot [N, E], ro [N, K, E])``:
       RPO's read-only prompts, placed right after each sequence's EOT without positional
       embedding, under a per-sequence mask that hides every position after EOT from every query.
+      By default (``split=True``) it runs as two streams (:func:`read_only_blocks`), which is
+      the same computation with the backward through the prompts only.
     * ``encode_ids(ids [N, 77])`` -> ``[N, E]``: frozen features of tokenised text (teacher banks).
 
 :class:`PromptedVisionEncoder`
@@ -26,7 +28,7 @@ API overview (``W`` = tower width: 512 text / 768 vision for ViT-B/16; ``E`` = j
       tokens (after the positional embedding, which prompts do not get) and **before** ``ln_pre``
       (MaPLe / PromptSRC / RPO / PLOT++ all do this). ``deep_prompts[i]`` replaces the last ``n``
       tokens before block ``i + 1``. ``read_only=True`` masks the prompt columns for every query
-      (RPO). ``output``: ``"cls"`` -> ``[B', E]`` (``ln_post`` on token 0, ``proj``), ``"prompts"``
+      (RPO); without deep prompts it runs as two streams by default (:func:`read_only_blocks`). ``output``: ``"cls"`` -> ``[B', E]`` (``ln_post`` on token 0, ``proj``), ``"prompts"``
       -> ``[B', n, E]`` (``ln_post`` + ``proj`` on each prompt output), ``"both"`` -> tuple,
       ``"tokens"`` -> ``[B', 1 + P, E]`` (``ln_post`` + ``proj`` on the class token and each of the
       ``P`` patch tokens, prompts excluded: XCoOp's local features).
@@ -45,6 +47,10 @@ API overview (``W`` = tower width: 512 text / 768 vision for ViT-B/16; ``E`` = j
 :func:`read_only_text_mask`, :func:`read_only_vision_mask`
     RPO's additive attention masks (``0`` / ``-inf``), exposed for tests and reuse.
 
+:func:`read_only_blocks`
+    RPO's read-only pass factorised: original tokens without gradient, prompts as extra queries
+    against their keys/values (the same values as the masked pass; backward through K tokens).
+
 Mixed precision: every tensor here is fp32; under ``torch.autocast`` (bf16 on CUDA, via the
 trainer's ``self.autocast()``) prompts are cast to the activations' dtype when inserted. The
 official repos instead cast CLIP and the prompts to fp16 (``PREC: fp16``).
@@ -61,12 +67,13 @@ import copy
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .text_encoder import TextEncoder
 
 __all__ = ["PromptedTextEncoder", "PromptedVisionEncoder", "PromptCoupler", "make_deep_prompts",
-           "read_only_text_mask", "read_only_vision_mask"]
+           "read_only_text_mask", "read_only_vision_mask", "read_only_blocks"]
 
 
 def make_deep_prompts(depth: int, n_tokens: int, dim: int, std: float = 0.02) -> nn.ParameterList:
@@ -114,6 +121,93 @@ def read_only_vision_mask(n_tokens: int, n_prompts: int, device=None) -> torch.T
     return mask
 
 
+def _split_supported(blocks: Sequence[nn.Module]) -> bool:
+    """Whether :func:`read_only_blocks` can run these blocks: open_clip ``ResidualAttentionBlock``s
+    whose attention is a packed-projection ``nn.MultiheadAttention`` without dropout."""
+    for blk in blocks:
+        a = getattr(blk, "attn", None)
+        if not isinstance(a, nn.MultiheadAttention) or a.in_proj_weight is None or a.dropout:
+            return False
+        if getattr(a, "bias_k", None) is not None or getattr(a, "add_zero_attn", False):
+            return False
+        if hasattr(blk, "ln_1_kv") or hasattr(blk, "ln_attn") or not hasattr(blk, "ls_1"):
+            return False
+    return True
+
+
+def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
+    n, length, w = t.shape
+    return t.view(n, length, h, w // h).transpose(1, 2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    n, h, length, d = t.shape
+    return t.transpose(1, 2).reshape(n, length, h * d)
+
+
+def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tensor, causal: bool = False,
+                     key_keep: Optional[torch.Tensor] = None, need_tokens: bool = True
+                     ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """Run transformer blocks with read-only prompts as two streams (RPO, exact).
+
+    Under RPO's masks the original tokens never attend to a prompt and a prompt attends only to
+    the original tokens (not to itself or other prompts). So the original tokens follow the
+    frozen CLIP path, which needs no gradient for prompt learning, and each prompt token is a
+    query against the original tokens' keys and values of the same block. This computes the same
+    values as the masked joint pass (:func:`read_only_text_mask` / :func:`read_only_vision_mask`)
+    but runs the original tokens under ``no_grad`` (unless ``x`` itself requires a gradient) and
+    back-propagates only through the ``K`` prompt tokens: the backward through the tower shrinks
+    from ``T + K`` tokens to ``K``.
+
+    Args:
+        blocks: open_clip ``ResidualAttentionBlock``s (packed ``in_proj``, no attention dropout).
+        x: ``[N, T, W]`` original tokens, batch-first, after the embedding (and ``ln_pre``).
+        p: ``[N, K, W]`` prompt tokens at the same point.
+        causal: causal self-attention among the original tokens (text tower).
+        key_keep: ``[N, 1, 1, T]`` bool, keys a prompt may read (text: positions ``<= EOT``);
+            ``None``: all ``T``.
+        need_tokens: also finish the last block for the original tokens (their output is
+            returned); ``False`` stops after their keys/values of the last block and returns
+            ``None`` for them.
+
+    Returns:
+        ``(x_out [N, T, W] or None, p_out [N, K, W])``, before ``ln_post`` / ``ln_final``.
+
+    Raises:
+        TypeError: blocks this function cannot split (see :func:`_split_supported`).
+
+    Source: ``mlvlab/RPO:trainers/rpo.py`` (the masks this factorises) and open_clip's
+    ``ResidualAttentionBlock`` / ``nn.MultiheadAttention`` (the same projections and SDPA).
+    """
+    if not _split_supported(blocks):
+        raise TypeError("read-only prompts can only be split over open_clip ResidualAttentionBlocks "
+                        "with packed nn.MultiheadAttention and no attention dropout")
+    width = x.shape[-1]
+    orig_grad = torch.is_grad_enabled() and x.requires_grad
+    last = len(blocks) - 1
+    for i, blk in enumerate(blocks):
+        a = blk.attn
+        h = a.num_heads
+        w, b = a.in_proj_weight, a.in_proj_bias
+        finish = i < last or need_tokens
+        with torch.set_grad_enabled(orig_grad):
+            hx = blk.ln_1(x)
+            if finish:
+                q, k, v = F.linear(hx, w, b).chunk(3, dim=-1)
+            else:
+                k, v = F.linear(hx, w[width:], None if b is None else b[width:]).chunk(2, dim=-1)
+            k, v = _heads(k, h), _heads(v, h)
+            if finish:
+                o = F.scaled_dot_product_attention(_heads(q, h), k, v, is_causal=causal)
+                x = x + blk.ls_1(a.out_proj(_merge(o)))
+                x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        qp = F.linear(blk.ln_1(p), w[:width], None if b is None else b[:width])
+        op = F.scaled_dot_product_attention(_heads(qp, h), k.to(qp.dtype), v.to(qp.dtype), attn_mask=key_keep)
+        p = p + blk.ls_1(a.out_proj(_merge(op)))
+        p = p + blk.ls_2(blk.mlp(blk.ln_2(p)))
+    return (x if need_tokens else None), p
+
+
 def _block_forward(block: nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor],
                    ln_1: Optional[nn.Module], ln_2: Optional[nn.Module]) -> torch.Tensor:
     """open_clip ``ResidualAttentionBlock.forward`` with optional replacement LayerNorms."""
@@ -149,7 +243,7 @@ class PromptedTextEncoder(TextEncoder):
         return torch.cat(out)
 
     def forward_read_only(self, prompts: torch.Tensor, eot_idx: torch.Tensor, ro_prompts: torch.Tensor,
-                          truncate: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                          truncate: bool = True, split: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """RPO text pass.
 
         Args:
@@ -158,6 +252,10 @@ class PromptedTextEncoder(TextEncoder):
             ro_prompts: ``[K, D]`` read-only prompts, written at ``eot + 1 .. eot + K`` over the
                 padding, without positional embedding.
             truncate: cut sequences to ``max(eot) + 1 + K`` tokens (exact: later keys are masked).
+            split: run the original tokens and the prompts as two streams
+                (:func:`read_only_blocks`: the original tokens without gradient, truncated at
+                ``max(eot) + 1``); ``False`` runs the masked joint pass of the official code.
+                Both give the same values (up to float summation order).
 
         Returns:
             ``([N, E] EOT features, [N, K, E] prompt features)``, unnormalised.
@@ -171,6 +269,14 @@ class PromptedTextEncoder(TextEncoder):
         if need > length:
             raise ValueError(f"{k} read-only prompts do not fit after EOT at {int(eot_idx.max())} in a "
                              f"{length}-token context; shorten the template/class names or lower K")
+        if split and _split_supported(self.transformer.resblocks):
+            t = int(eot_idx.max().item()) + 1
+            x = prompts[:, :t] + self.positional_embedding[:t].to(prompts.dtype)
+            p = ro_prompts.to(x.dtype)[None].expand(n, -1, -1)
+            keep = (torch.arange(t, device=x.device)[None, :] <= eot_idx[:, None])[:, None, None, :]
+            x, p = read_only_blocks(self.transformer.resblocks, x, p, causal=True, key_keep=keep)
+            eot = self._project(self.ln_final(x[torch.arange(n, device=x.device), eot_idx]))
+            return eot, self._project(self.ln_final(p))
         if truncate:
             length = need
             prompts = prompts[:, :length]
@@ -258,8 +364,13 @@ class PromptedVisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: Optional[torch.Tensor] = None,
                 deep_prompts: Optional[Sequence[Optional[torch.Tensor]]] = None, read_only: bool = False,
-                output: str = "cls") -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+                output: str = "cls", split: bool = True) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Encode images with prompts (see the module docstring for the layout).
+
+        With ``read_only=True``, no deep prompts and no LayerNorm overrides, ``split`` (default)
+        runs the image tokens and the prompts as two streams (:func:`read_only_blocks`): the image
+        tokens without gradient, the backward only through the prompt tokens. ``split=False``
+        runs the masked joint pass of the official RPO code; both give the same values.
 
         Returns:
             ``[B', E]`` (``cls``), ``[B', n, E]`` (``prompts``), both, or ``[B', 1 + P, E]``
@@ -287,6 +398,9 @@ class PromptedVisionEncoder(nn.Module):
             raise ValueError("deep visual prompts need input prompts (prompts=...) with the same token count")
         if len(deep) > self.n_layers - 1:
             raise ValueError(f"{len(deep)} deep prompt layers for a {self.n_layers}-block tower")
+        if (split and read_only and n and not any(d is not None for d in deep) and not len(self.ln_overrides)
+                and output != "tokens" and _split_supported(v.transformer.resblocks)):
+            return self._forward_read_only_split(x, n, output, images.requires_grad)
         x = self._ln("ln_pre", v.ln_pre)(x)
         mask = read_only_vision_mask(x.shape[1], n, x.device).to(x.dtype) if read_only and n else None
         batch_first = getattr(v.transformer, "batch_first", True)
@@ -312,6 +426,21 @@ class PromptedVisionEncoder(nn.Module):
             if n == 0:
                 raise ValueError("output='prompts' needs prompts")
             prm = self._project(ln_post(x[:, -n:]))
+        return cls if output == "cls" else prm if output == "prompts" else (cls, prm)
+
+    def _forward_read_only_split(self, x: torch.Tensor, n: int, output: str, images_grad: bool):
+        """``x`` ``[B', T + n, W]`` embedded tokens with the ``n`` prompts last -> ``forward``'s output."""
+        v = self.visual
+        tokens = x[:, :-n]
+        frozen = not any(q.requires_grad for q in (v.conv1.weight, v.class_embedding, v.positional_embedding,
+                                                   *v.ln_pre.parameters()))
+        if frozen and not images_grad:
+            tokens = tokens.detach()  # the image tokens never see a prompt: no gradient flows there
+        # ln_pre is per token, so applying it to the two parts separately is the same
+        tokens, prm = read_only_blocks(v.transformer.resblocks, v.ln_pre(tokens), v.ln_pre(x[:, -n:]),
+                                       need_tokens=output in ("cls", "both"))
+        cls = None if tokens is None else self._project(v.ln_post(tokens[:, 0]))
+        prm = self._project(v.ln_post(prm))
         return cls if output == "cls" else prm if output == "prompts" else (cls, prm)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,11 @@ Deliberate differences from the official code:
   ``template.replace("_", name)`` (every underscore of the template is replaced);
 * the text pass stops at ``max(EOT) + 1 + K`` tokens (exact: later keys are masked for every
   query) and the text embedding is rebuilt functionally each step instead of modified in place;
+* both towers run the read-only pass as two streams (:func:`medpt.clip.prompted.read_only_blocks`):
+  the original tokens follow frozen CLIP without gradient, and each prompt is a query against
+  their keys/values. The masks make this exactly the official masked joint pass (same values up
+  to float summation order, tested), but the backward runs through the K prompt tokens only,
+  not through all 197 + K image tokens (issue 9: train step 1.24 -> ~0.5 x REF_TRAIN);
 * no ``torch.autograd.set_detect_anomaly(True)`` (a large slowdown); the head count of the
   mask comes from the model (hard-coded 8 in the official code);
 * class text features are computed once per test pass.
