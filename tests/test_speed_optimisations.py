@@ -54,3 +54,64 @@ def test_step_and_logits_from_cached_features_equal_images(name, tmp_path):
         assert torch.allclose(tr.model_inference(x), tr.model_inference(tr.encode_images(x)), atol=1e-5)
     tr.after_test()
     assert not any(p.requires_grad for p in tr.get_backbone().model.parameters())
+
+
+TINY_DEPTH = {"PromptSRC": ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
+              "DePT": ["TRAINER.DEPT.PROMPTSRC.PROMPT_DEPTH_TEXT", "2",
+                       "TRAINER.DEPT.PROMPTSRC.PROMPT_DEPTH_VISION", "2"]}
+
+
+def _bank_trainer(name, tmp_path, cache: bool, opts=()):
+    ds = SeparableSynthetic(tmp_path / "img", classnames=CLASSES, n_train=4, n_test=2)
+    out = tmp_path / f"{name}-{cache}"
+    cfg = tiny_cfg(name, output_dir=out, opts=["DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.LR", "0.05",
+                                               "TRAIN.CHECKPOINT_FREQ", "0", "OPTIM.MAX_EPOCH", "2",
+                                               "MODEL.FEATURE_CACHE.ENABLED", str(cache),
+                                               "MODEL.FEATURE_CACHE.DIR", str(tmp_path / "cache")]
+                   + TINY_DEPTH.get(name, []) + list(opts))
+    return TRAINER_REGISTRY.get(name)(cfg, dm=DataManager(cfg, dataset=ds))
+
+
+@pytest.mark.parametrize("name", ["PromptSRC", "DePT", "AAPL"])
+def test_teacher_features_from_the_bank_train_exactly_like_the_live_teacher(name, tmp_path):
+    """Deterministic pipeline: the bank serves the same images and the frozen features the live
+    teacher computes, so two epochs give the same parameters with and without the cache."""
+    det = ["INPUT.NO_TRANSFORM", "True"]
+    live = _bank_trainer(name, tmp_path, cache=False, opts=det)  # each build seeds the RNGs: train before the next
+    live.train()
+    banked = _bank_trainer(name, tmp_path, cache=True, opts=det)
+    banked.train()
+    assert live.teacher_bank is None and banked.teacher_bank is not None
+    for a, b in zip(live.trainable_parameters(), banked.trainable_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    # a banked step runs no frozen pass on the clean batch: PromptSRC none, AAPL only its 4 distortions
+    sizes = []
+    clip = banked.get_backbone().model
+    orig = clip.encode_image
+    clip.encode_image = lambda x, *a, **k: (sizes.append(x.shape[0]), orig(x, *a, **k))[1]
+    try:
+        batch = next(iter(banked.train_loader_x))
+        assert batch["teacher_feat"].shape == (4, 64)
+        banked.set_model_mode("train")
+        banked.forward_backward(batch)
+    finally:
+        clip.encode_image = orig
+    assert sizes == ([16] if name == "AAPL" else [])
+
+
+def test_bank_views_are_regenerated_exactly_as_encoded(tmp_path):
+    """Random pipeline with NUM_VIEWS 2: each served image is the view whose bank feature it
+    carries (the frozen encoder on the served image gives the served feature)."""
+    tr = _bank_trainer("PromptSRC", tmp_path, cache=True, opts=["MODEL.FEATURE_CACHE.NUM_VIEWS", "2"])
+    assert tr.uses_cached_training()
+    tr.attach_teacher_bank(tr.feature_bank("train"))
+    ds = tr.teacher_bank
+    assert ds.bank.num_views == 2
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            assert torch.allclose(tr.encode_images(item["img"][None])[0], item["teacher_feat"], atol=1e-5)
+    a, b = ds.item_with_feature(0, 0), ds.item_with_feature(0, 1)
+    assert not torch.equal(a["img"], b["img"])  # two different augmented views
+    assert not torch.equal(a["teacher_feat"], b["teacher_feat"])

@@ -150,15 +150,64 @@ class SeededViewDataset(Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict:
+        return self.view_item(i, self.view)
+
+    def view_item(self, i: int, view: int) -> dict:
+        """Item ``i`` as seen in view ``view`` (the same tensor :func:`encode_data` encodes)."""
         d = self.data[i]
         img = self.dataset.read_image(d.impath)
         if self.seed is None:
             x = self.transform(img)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(self.seed, self.view, i))
+                torch.manual_seed(derive_seed(self.seed, view, i))
                 x = self.transform(img)
-        return {"img": x, "label": d.label, "index": i}
+        return {"img": x, "label": d.label, "index": i, "impath": d.impath}
+
+
+class BankViewDataset(SeededViewDataset):
+    """Training images paired with their frozen features from a :class:`FeatureBank`.
+
+    Item ``i`` is view ``views[i]`` of image ``i``, regenerated exactly as the bank encoded it
+    (same seed, view and transform), plus ``"teacher_feat"`` ``[E]``: that view's bank feature.
+    Trainers whose own image pass is prompted but which also need the frozen encoder's features of
+    the same image (PromptSRC's teacher, AAPL's clean features) read them from here instead of
+    running the frozen tower at every step. :meth:`set_epoch` draws each image's view for an
+    epoch exactly as :class:`CachedFeatureLoader` does.
+
+    Args:
+        dataset, data, transform, seed: as :class:`SeededViewDataset` (``seed`` ``None`` for a
+            deterministic pipeline, which has one view).
+        bank: the split's :class:`FeatureBank` built with the same ``transform`` and ``seed``.
+        sample_seed: seeds the per-epoch view draw.
+
+    Raises:
+        ValueError: the bank and ``data`` differ in length.
+    """
+
+    def __init__(self, dataset, data: Sequence, transform: Callable, seed: Optional[int], bank: "FeatureBank",
+                 sample_seed: int = 0):
+        super().__init__(dataset, data, transform, seed)
+        if len(bank) != len(self.data):
+            raise ValueError(f"feature bank has {len(bank)} images, the split {len(self.data)}")
+        self.bank = bank
+        self.sample_seed = sample_seed
+        self.views = torch.zeros(len(self.data), dtype=torch.long)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose each image's view for ``epoch`` (0-based); the same draw as :class:`CachedFeatureLoader`."""
+        if self.bank.num_views > 1:
+            g = torch.Generator().manual_seed(derive_seed(self.sample_seed, epoch, -1))
+            self.views = torch.randint(self.bank.num_views, (len(self.data),), generator=g)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.item_with_feature(i, int(self.views[i]))
+
+    def item_with_feature(self, i: int, view: int) -> dict:
+        """Item ``i`` in ``view`` with that view's bank feature (e.g. AAPL's partner image)."""
+        item = self.view_item(i, view)
+        item["teacher_feat"] = self.bank.features[view, i]
+        return item
 
 
 @torch.no_grad()

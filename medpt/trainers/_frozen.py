@@ -33,14 +33,19 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from ..clip.feature_cache import (CachedFeatureLoader, FeatureBank, FeatureCache, build_feature_bank,
+from ..clip.feature_cache import (BankViewDataset, CachedFeatureLoader, FeatureBank, FeatureCache, build_feature_bank,
                                   data_fingerprint, is_random_transform, module_fingerprint, resolve_cache_dir,
                                   transform_signature)
 from ..engine.trainer import ClassTextCacheMixin, TrainerX
 
 
-class FrozenImageEncoderTrainer(TrainerX):
-    """TrainerX whose methods consume frozen image features (see module doc).
+class FeatureBankMixin:
+    """The shared image-feature cache plumbing of a trainer: cache folder, keys, feature banks.
+
+    Used by :class:`FrozenImageEncoderTrainer` (whose head consumes the features) and by
+    :class:`TeacherFeatureBankMixin` (prompted methods that also need the frozen encoder's
+    features of their training images). Both encode with :meth:`encode_images`, the backbone's
+    own frozen, unprompted ``encode_image``, so their cache entries are the same files.
 
     Class attributes:
         TRAIN_PIPELINE: ``"train"`` (the config's augmentation, default) or ``"test"`` (the
@@ -60,36 +65,6 @@ class FrozenImageEncoderTrainer(TrainerX):
         """``[B, 3, H, W] -> [B, E]`` unnormalised float32 image features (frozen encoder)."""
         with self.autocast():
             return self.clip_model.encode_image(images.to(self.device)).float()
-
-    def _as_features(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device).float() if x.dim() == 2 else self.encode_images(x)
-
-    def parse_batch_train(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(features [B, E], labels [B])`` from a cached batch or an image batch."""
-        x = batch["feat"] if "feat" in batch else batch["img"]
-        return self._as_features(x), batch["label"].to(self.device)
-
-    def parse_batch_test(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = batch["feat"] if "feat" in batch else batch["img"]
-        return x.to(self.device), batch["label"].to(self.device)
-
-    def model_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` or features ``[B, E]`` -> ``[B, C]`` logits."""
-        return self.inference_features(self._as_features(x))
-
-    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits.
-
-        Default: ``self.model.forward_features(feats)`` (CoOp, CoCoOp, CLIP-Adapter heads)."""
-        return self.model.forward_features(feats)
-
-    def forward_backward(self, batch) -> Dict[str, float]:
-        """Default step: cross-entropy on ``self.model.forward_features(feats)`` under
-        :meth:`autocast`, then :meth:`step_and_report` (CoOp, CoCoOp, CLIP-Adapter)."""
-        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
-        with self.autocast():
-            logits = self.model.forward_features(feats)
-        return self.step_and_report(logits, labels)
 
     # -- cache -------------------------------------------------------------------------------
     @property
@@ -152,13 +127,48 @@ class FrozenImageEncoderTrainer(TrainerX):
                                   seed=self._view_seed(), batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
                                   num_workers=self.cfg.DATALOADER.NUM_WORKERS, device=self.device)
 
+
     def uses_cached_training(self) -> bool:
-        """Whether training batches come from the cache (see module doc)."""
+        """Whether training features come from the cache: always for a deterministic training
+        pipeline (exact), and with ``NUM_VIEWS`` > 0 for a random one (a bank of views)."""
         if not self.cache_enabled:
             return False
         if self.TRAIN_PIPELINE == "test" or not is_random_transform(self.cfg):
             return True
         return int(self.cache_cfg.NUM_VIEWS) > 0
+
+class FrozenImageEncoderTrainer(FeatureBankMixin, TrainerX):
+    """TrainerX whose methods consume frozen image features (see module doc)."""
+
+    def _as_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device).float() if x.dim() == 2 else self.encode_images(x)
+
+    def parse_batch_train(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(features [B, E], labels [B])`` from a cached batch or an image batch."""
+        x = batch["feat"] if "feat" in batch else batch["img"]
+        return self._as_features(x), batch["label"].to(self.device)
+
+    def parse_batch_test(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = batch["feat"] if "feat" in batch else batch["img"]
+        return x.to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` or features ``[B, E]`` -> ``[B, C]`` logits."""
+        return self.inference_features(self._as_features(x))
+
+    def inference_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[B, E]`` unnormalised image features -> ``[B, C]`` logits.
+
+        Default: ``self.model.forward_features(feats)`` (CoOp, CoCoOp, CLIP-Adapter heads)."""
+        return self.model.forward_features(feats)
+
+    def forward_backward(self, batch) -> Dict[str, float]:
+        """Default step: cross-entropy on ``self.model.forward_features(feats)`` under
+        :meth:`autocast`, then :meth:`step_and_report` (CoOp, CoCoOp, CLIP-Adapter)."""
+        feats, labels = self.parse_batch_train(batch)  # [B, E] frozen image features (cached or live)
+        with self.autocast():
+            logits = self.model.forward_features(feats)
+        return self.step_and_report(logits, labels)
 
     # -- loop --------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> None:
@@ -226,3 +236,58 @@ def image_loader(trainer: TrainerX, split: str, pipeline: str = "test") -> DataL
     data = {"train": trainer.dm.dataset.train_x, "val": trainer.dm.dataset.val, "test": trainer.dm.dataset.test}[split]
     return DataLoader(DatasetWrapper(trainer.dm.dataset, data, tfm), batch_size=trainer.cfg.DATALOADER.TEST.BATCH_SIZE,
                       shuffle=False, num_workers=0)
+
+
+class TeacherFeatureBankMixin(FeatureBankMixin):
+    """Frozen-encoder features of the training images from the shared cache, for methods whose
+    own image pass is prompted but which also use the frozen encoder on the same images
+    (PromptSRC's and DePT's teacher, AAPL's clean and partner features).
+
+    Put it first in the bases (``class PromptSRC(TeacherFeatureBankMixin, ..., TrainerX)``).
+    When :meth:`uses_cached_training` holds (cache enabled and a deterministic training pipeline,
+    or ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0), :meth:`train` swaps the training loader for one
+    over :class:`~medpt.clip.feature_cache.BankViewDataset`: each batch carries the images
+    (view ``v`` of image ``i``, regenerated exactly as the bank encoded it) and their bank features
+    ``batch["teacher_feat"]`` ``[B, E]``, so :meth:`teacher_features` costs nothing. With a random
+    pipeline and ``NUM_VIEWS`` 0 (default) nothing changes: every image is freshly augmented and
+    the teacher runs live (the exact protocol). Same sampler and generator as the image loader.
+    """
+
+    @property
+    def teacher_bank(self) -> Optional[BankViewDataset]:
+        """The training loader's :class:`BankViewDataset`, or ``None`` (teacher runs live)."""
+        ds = getattr(self.train_loader_x, "dataset", None)
+        return ds if isinstance(ds, BankViewDataset) else None
+
+    def teacher_features(self, batch, images: torch.Tensor) -> torch.Tensor:
+        """``[B, E]`` unnormalised float32 frozen features of ``images`` (the batch's images):
+        ``batch["teacher_feat"]`` when the loader serves them, else the frozen encoder now."""
+        if "teacher_feat" in batch:
+            return batch["teacher_feat"].to(self.device).float()
+        return self.encode_images(images)
+
+    def attach_teacher_bank(self, bank: FeatureBank) -> None:
+        """Serve training batches from ``bank`` (the ``train`` split through the training
+        pipeline, with this run's view seed), keeping the image loader's sampler and settings."""
+        img = self.train_loader_x
+        random_views = is_random_transform(self.cfg)
+        ds = BankViewDataset(self.dm.dataset, self._split_data("train"), self.dm.tfm_train,
+                             self._view_seed() if random_views else None, bank,
+                             sample_seed=max(int(self.cfg.SEED), 0))
+        self._image_train_loader = img
+        self.train_loader_x = DataLoader(ds, batch_size=img.batch_size, shuffle=True, drop_last=img.drop_last,
+                                         generator=self.loader_generator, num_workers=img.num_workers,
+                                         pin_memory=img.pin_memory)
+
+    def train(self, resume: bool = False) -> None:
+        """As the base ``train``, with the teacher bank attached when the cache applies."""
+        if self.uses_cached_training() and self.train_loader_x is not None and self.teacher_bank is None:
+            t0 = time.time()
+            self.attach_teacher_bank(self.feature_bank("train"))
+            self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
+        super().train(resume)
+
+    def before_epoch(self) -> None:
+        if self.teacher_bank is not None:
+            self.teacher_bank.set_epoch(self.epoch)
+        super().before_epoch()

@@ -33,12 +33,16 @@ Deliberate differences from the official code:
   the Sobel filter runs in torch (reflect-101 borders like OpenCV's default) instead of OpenCV on
   the CPU;
 * fp32 master weights (official: fp16), one frozen CLIP shared with the prompt learner (official:
-  a second copy of the same weights); text passes stop at the longest EOT.
+  a second copy of the same weights); text passes stop at the longest EOT;
+* with the shared feature cache serving training views (a deterministic pipeline, or
+  ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0: the documented bank-of-views deviation), the clean image
+  and its partner come from the bank with their frozen features, so each step encodes only the
+  4 distorted views (4B images instead of 6B); by default every view is encoded live.
 """
 from __future__ import annotations
 
 import random
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +55,7 @@ from ..clip import PromptLearner, TextEncoder
 from ..engine.data import DatasetWrapper
 from ..engine.registry import TRAINER_REGISTRY
 from ..engine.trainer import TrainerX
+from ._frozen import TeacherFeatureBankMixin
 
 #: the 14 augmentation types of the official code, in its order.
 AUGMENT_TYPES = ("color_jitter_red", "color_jitter_green", "color_jitter_blue", "grayscale", "gaussian_noise",
@@ -179,7 +184,7 @@ class AAPLCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("AAPL")
-class AAPL(TrainerX):
+class AAPL(TeacherFeatureBankMixin, TrainerX):
     """AAPL trainer. Config ``TRAINER.AAPL``: N_ATTR, ATTR_INIT, ALPHA, BETA, MARGIN, PREC."""
 
     CONFIG_KEY = "AAPL"
@@ -212,31 +217,53 @@ class AAPL(TrainerX):
         for i, d in enumerate(train):
             self._by_label.setdefault(d.label, []).append(i)
 
-    def sample_partners(self, labels: torch.Tensor) -> torch.Tensor:
-        """One training image of another class per label (official ``GetImagePair``), ``[B, 3, H, W]``.
+    def sample_partners(self, labels: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One training image of another class per label (official ``GetImagePair``).
+
+        Returns:
+            ``(images [B, 3, H, W], features [B, E] or None)``: with the teacher bank attached
+            (see :class:`~medpt.trainers._frozen.TeacherFeatureBankMixin`) each partner is a
+            random view from the bank and comes with its frozen feature; otherwise it is freshly
+            augmented by the training transform and the features are ``None``.
 
         Raises:
             ValueError: no other class has training images.
         """
-        imgs = []
+        bank = self.teacher_bank
+        imgs, feats = [], []
         for y in labels.tolist():
             others = [k for k in self._by_label if k != y]
             if not others:
                 raise ValueError(f"AAPL: no training image of a class other than {y}")
             k = random.choice(others)
-            imgs.append(self._pair_data[random.choice(self._by_label[k])]["img"])
-        return torch.stack(imgs).to(self.device)
+            j = random.choice(self._by_label[k])
+            if bank is None:
+                imgs.append(self._pair_data[j]["img"])
+            else:
+                v = random.randrange(bank.bank.num_views) if bank.bank.num_views > 1 else 0
+                item = bank.item_with_feature(j, v)
+                imgs.append(item["img"])
+                feats.append(item["teacher_feat"])
+        f = torch.stack(feats).to(self.device).float() if feats else None
+        return torch.stack(imgs).to(self.device), f
 
     def forward_backward(self, batch) -> Dict[str, float]:
         c = self.method_cfg
         images, labels = self.parse_batch_train(batch)
-        images2 = self.sample_partners(labels)
+        images2, feats2 = self.sample_partners(labels)
         aug_a, aug_b = random.sample(AUGMENT_TYPES, 2)
         b = images.shape[0]
         with self.autocast():
-            views = torch.cat([images, distort(images, aug_a), distort(images, aug_b),
-                               images2, distort(images2, aug_a), distort(images2, aug_b)])
-            feats = self.model.image_features(views)  # one frozen image pass, [6B, E]
+            if "teacher_feat" in batch and feats2 is not None:
+                # clean views from the shared feature cache: only the 4 distorted views are encoded
+                f = self.model.image_features(torch.cat([distort(images, aug_a), distort(images, aug_b),
+                                                         distort(images2, aug_a), distort(images2, aug_b)]))
+                f1 = F.normalize(self.teacher_features(batch, images), dim=-1)
+                feats = torch.cat([f1, f[:2 * b], F.normalize(feats2, dim=-1), f[2 * b:]])
+            else:
+                views = torch.cat([images, distort(images, aug_a), distort(images, aug_b),
+                                   images2, distort(images2, aug_a), distort(images2, aug_b)])
+                feats = self.model.image_features(views)  # one frozen image pass, [6B, E]
             logits, meta1 = self.model.logits_from_features(feats[:b])
             m = self.model.learner.meta_net(feats[b:]).view(5, b, -1)
             d1a, d1b = m[0] - meta1, m[1] - meta1

@@ -34,7 +34,11 @@ Deliberate differences from the official code:
 * the Gaussian weights are normalised in log space (softmax of the log-densities): identical
   values, but no division by zero when every density underflows (e.g. 5 demo epochs, mean 15);
 * the frozen teacher image encoder is the backbone's own frozen tower (``encode_image``) rather
-  than a second loaded copy (same weights, same values);
+  than a second loaded copy (same weights, same values); its features of the training images come
+  from the shared feature cache (:class:`~medpt.trainers._frozen.TeacherFeatureBankMixin`) when
+  the training pipeline is deterministic (exact) or with ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0
+  (a bank of augmented views, the documented protocol deviation); by default (random
+  augmentation, ``NUM_VIEWS`` 0) the teacher runs on every batch as in the official code;
 * ``N_CTX_TEXT`` larger than the init phrase's token count falls back to random init as in the
   official code; a phrase with more tokens than ``N_CTX_TEXT`` uses all its tokens (CoOp's
   :class:`PromptLearner` rule; the official code keeps the first ``N_CTX_TEXT``);
@@ -56,6 +60,7 @@ from ..clip.gpa import GaussianPromptAggregator, gaussian_weights
 from ..clip.prompted import PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
 from ..engine.trainer import ClassTextCacheMixin, TrainerX
+from ._frozen import TeacherFeatureBankMixin
 
 
 #: GPA weights (kept under this name for callers of the PromptSRC module).
@@ -141,7 +146,7 @@ class PromptSRCCLIP(nn.Module):
 
 
 @TRAINER_REGISTRY.register("PromptSRC")
-class PromptSRC(ClassTextCacheMixin, TrainerX):
+class PromptSRC(TeacherFeatureBankMixin, ClassTextCacheMixin, TrainerX):
     """PromptSRC trainer. Config ``TRAINER.PROMPTSRC``: N_CTX_TEXT, N_CTX_VISION, CTX_INIT,
     PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION, TEXT_LOSS_WEIGHT, IMAGE_LOSS_WEIGHT, GPA_MEAN,
     GPA_STD, PREC."""
@@ -191,8 +196,9 @@ class PromptSRC(ClassTextCacheMixin, TrainerX):
             img = m.image_features(images)
             scale = m.clip.logit_scale.exp()
             logits = (scale * img @ text.t()).float()
-            with torch.no_grad():
-                zs_img = F.normalize(m.clip.encode_image(images).float(), dim=-1)
+            # the frozen teacher on the same images: from the shared cache's bank of views when the
+            # loader serves it (NUM_VIEWS > 0 or a deterministic pipeline), else computed now
+            zs_img = F.normalize(self.teacher_features(batch, images), dim=-1)
         fixed = F.normalize(m.fixed_embeddings, dim=-1)
         zs_logits = scale.float() * zs_img @ fixed.t()
         loss_ce = F.cross_entropy(logits, labels)
