@@ -21,7 +21,8 @@ for augmented training images this needs ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0, 
 protocol deviation). Prompted methods that also run the frozen encoder on their training images
 (:class:`medpt.trainers._frozen.TeacherFeatureBankMixin`: PromptSRC's and DePT's teacher, AAPL's
 clean and partner views) get a ``cached`` train step too: the batch carries the bank's features
-(``"teacher_feat"``), so that frozen pass is skipped; their eval is unchanged.
+(``"teacher_feat"``), so that frozen pass is skipped; their eval is unchanged. CoPrompt's cached
+step reads its teacher's second views from a bank of its RandAugment views the same way.
 
 Trainers are built through the normal engine (``build_config(method, "pneumonia_sample",
 protocol="demo", opts=...)``) with a seeded random-init ViT-B/16 (speed does not depend on the
@@ -313,6 +314,19 @@ def measure_method(method: str, ds, tmp: Path, backbone, args, prec: str, batch:
             fns[f"train_{name}"] = _train_fn(tr, b)
         if x is not None:
             fns[f"eval_{name}"] = _eval_fn(tr, x)
+    if trains and hasattr(tr, "teacher_image_features") and hasattr(tr, "feature_bank"):
+        # CoPrompt: its teacher's second views from a bank (NUM_VIEWS > 0), swapped in for the cached step only
+        rand = tr.method_cfg.AUGMENT == "randaugment"
+        view_bank = tr.feature_bank("train", use_cache=False, transform=tr.view_transform if rand else None,
+                                    transform_name="coprompt-randaugment(2,10)" if rand else "")
+
+        def cached_step():
+            tr.view_bank = view_bank
+            try:
+                tr.forward_backward(batch_dict)
+            finally:
+                tr.view_bank = None
+        fns["train_cached"] = cached_step
 
     def run(kind: str, memory: bool = False) -> Dict[str, float]:
         if kind.startswith("train"):

@@ -115,3 +115,35 @@ def test_bank_views_are_regenerated_exactly_as_encoded(tmp_path):
     a, b = ds.item_with_feature(0, 0), ds.item_with_feature(0, 1)
     assert not torch.equal(a["img"], b["img"])  # two different augmented views
     assert not torch.equal(a["teacher_feat"], b["teacher_feat"])
+
+
+def test_coprompt_second_views_from_the_bank_train_exactly_like_live_views(tmp_path):
+    """AUGMENT 'config' with a deterministic pipeline: the bank's single view is what the live
+    second view encodes, so training matches; the bank is actually used."""
+    opts = ["INPUT.NO_TRANSFORM", "True", "TRAINER.COPROMPT.AUGMENT", "config", "TRAINER.COPROMPT.PROMPT_DEPTH", "2"]
+    live = _bank_trainer("CoPrompt", tmp_path, cache=False, opts=opts)
+    live.train()
+    banked = _bank_trainer("CoPrompt", tmp_path, cache=True, opts=opts)
+    banked.train()
+    assert getattr(live, "view_bank", None) is None and banked.view_bank.num_views == 1
+    for a, b in zip(live.trainable_parameters(), banked.trainable_parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_coprompt_randaugment_bank_has_its_own_cache_entries(tmp_path):
+    """The RandAugment view bank is keyed by its transform: it never reads the config-transform
+    bank of the same images (which would be another augmentation)."""
+    tr = _bank_trainer("CoPrompt", tmp_path, cache=True, opts=["MODEL.FEATURE_CACHE.NUM_VIEWS", "2",
+                                                               "TRAINER.COPROMPT.PROMPT_DEPTH", "2"])
+    assert tr.uses_cached_training()
+    plain = tr.feature_bank("train")
+    ra = tr.feature_bank("train", transform=tr.view_transform, transform_name="coprompt-randaugment(2,10)")
+    assert ra.features.shape == (2, 12, 64)  # RandAugment is random: NUM_VIEWS views
+    assert not torch.allclose(plain.features[0], ra.features[0])
+    with pytest.raises(ValueError, match="transform_name"):
+        tr.feature_bank("train", transform=tr.view_transform)
+    batch = next(iter(tr.train_loader_x))
+    tr.view_bank = ra
+    f = tr.teacher_image_features(batch)
+    rows = [[torch.equal(f[j], ra.features[v, i]) for v in range(2)] for j, i in enumerate(batch["index"].tolist())]
+    assert all(any(r) for r in rows)  # each teacher feature is one of that image's bank views

@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "rebuild the comparison tables (LaTeX, Markdown, CSV) and figures from the records. "
                     "First argument 'collect' (or 'tables') only rebuilds tables and figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--methods", default="all", help="comma-separated trainer names, or 'all'")
-    p.add_argument("--datasets", default="pneumonia_sample", help="comma-separated dataset ids, or 'all' (the paper's 11)")
+    p.add_argument("--methods", nargs="+", default=["all"],
+                   help="trainer names (space- or comma-separated), or 'all'")
+    p.add_argument("--datasets", nargs="+", default=["pneumonia_sample"],
+                   help="dataset ids (space- or comma-separated), or 'all' (the paper's 11)")
     p.add_argument("--protocol", default="demo", help="paper | official | demo")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="default: 1 2 3 (the paper's), 1 under the demo protocol, or the suite's")
@@ -46,12 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local: parallel processes (one per GPU when GPUs exist)")
     p.add_argument("--address", default=None, help="ray: cluster address, 'auto', or 'local' for a local instance")
     p.add_argument("--dry-run", action="store_true", help="list the jobs, which are done, and a cost estimate")
+    p.add_argument("--speed-file", default=None,
+                   help="benchmark/speed.py JSON whose step costs the dry run's estimate uses "
+                        "(default: benchmark/results/speed_cpu_fp32.json)")
     p.add_argument("--tables-only", action="store_true", help="same as the 'collect' subcommand")
     p.add_argument("--check-data", action="store_true", help="check every dataset under --root and exit")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing run")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     return p
+
+
+def _looks_like_key(token: str) -> bool:
+    """An upper-case config key (``OPTIM.MAX_EPOCH``, ``VERBOSE``), as every key is."""
+    parts = token.split(".")
+    return any(c.isalpha() for c in token) and all(
+        p and p.replace("_", "").isalnum() and p.upper() == p for p in parts)
 
 
 def _estimate(jobs_status: List[Dict], records: List[Dict]) -> List[str]:
@@ -77,6 +89,8 @@ def _estimate(jobs_status: List[Dict], records: List[Dict]) -> List[str]:
 
         cfg = resolve_job(s["job"], Path("."))[0]
         total += sum(rates) / len(rates) * s["n_train"] * cfg.OPTIM.MAX_EPOCH
+    if not per_img_epoch:
+        return lines  # no finished record to take rates from: the step-cost estimate below stands alone
     lines.append(f"estimated training time of pending jobs: {total / 3600:.2f} h on this machine's measured "
                  f"rates (per image and epoch, from existing records of the same method)"
                  + (f"; {unknown} job(s) of methods with no record yet are not included" if unknown else ""))
@@ -118,6 +132,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     output = Path(args.output)
     opts = [o for o in args.opts if o != "--"]
+    bad = [k for k in opts[::2] if not _looks_like_key(k)]
+    if bad or len(opts) % 2:
+        print(f"error: unexpected argument(s) {' '.join(opts)!r}: trailing config overrides are KEY VALUE pairs "
+              "such as 'OPTIM.MAX_EPOCH 5' (put '--' before them if they follow --methods/--datasets/--seeds)",
+              file=sys.stderr)
+        return 2
     if args.shots is not None:
         opts += ["DATASET.NUM_SHOTS", str(args.shots)]
     try:
@@ -146,6 +166,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         n_done = sum(s["done"] for s in status)
         print(f"\n{len(status)} job(s): {n_done} done, {len(status) - n_done} to run.")
         for line in _estimate(status, all_records):
+            print(line)
+        from .estimate import DEFAULT_SPEED_FILE, estimate_jobs, load_speed, summary_lines
+
+        speed_file = Path(args.speed_file) if args.speed_file else DEFAULT_SPEED_FILE
+        try:
+            meta, results = load_speed(speed_file)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"no estimate from measured step costs: {err}")
+            return 0
+        for line in summary_lines(estimate_jobs(jobs, results, status), meta, speed_file):
             print(line)
         return 0
 

@@ -305,6 +305,12 @@ class SimpleTrainer(TrainerBase):
         """The method's ``cfg.TRAINER.<CONFIG_KEY>`` defaults, declared beside its code."""
         return CN()
 
+    @classmethod
+    def planned_epochs(cls, cfg) -> int:
+        """Training epochs a run of ``cfg`` makes (``OPTIM.MAX_EPOCH``; a method with stages
+        overrides it). Used by cost estimates without building the trainer."""
+        return int(cfg.OPTIM.MAX_EPOCH)
+
     def __init__(self, cfg, dm: Optional[DataManager] = None, backbone=None):
         super().__init__()
         self.cfg = cfg

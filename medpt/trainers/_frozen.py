@@ -104,29 +104,42 @@ class FeatureBankMixin:
         ds = self.dm.dataset
         return {"train": ds.train_x, "val": ds.val, "test": ds.test}[split]
 
-    def feature_bank(self, split: str, pipeline: Optional[str] = None, use_cache: Optional[bool] = None) -> FeatureBank:
+    def feature_bank(self, split: str, pipeline: Optional[str] = None, use_cache: Optional[bool] = None,
+                     transform=None, transform_name: str = "") -> FeatureBank:
         """Features of ``split`` (``train``/``val``/``test``) through ``pipeline`` (``train``/``test``;
         default: ``TRAIN_PIPELINE`` for train, ``test`` otherwise), from the cache when enabled.
 
         Random training views: ``NUM_VIEWS`` views (at least 1) seeded by the view seed.
+
+        Args:
+            transform, transform_name: a method's own random training transform (e.g. CoPrompt's
+                RandAugment) instead of the config's; ``transform_name`` names it in the cache key
+                (required with ``transform``) and its views are always random.
+
+        Raises:
+            ValueError: ``transform`` without ``transform_name``.
         """
+        if transform is not None and not transform_name:
+            raise ValueError("a custom transform needs a transform_name for the cache key")
         pipeline = pipeline or (self.TRAIN_PIPELINE if split == "train" else "test")
         is_train = pipeline == "train"
-        random_views = is_train and is_random_transform(self.cfg)
+        random_views = transform is not None or (is_train and is_random_transform(self.cfg))
         cache = self.feature_cache() if (use_cache is None or use_cache) else None
         data = self._split_data(split)
         ds = self.dm.dataset
         key = None
         if cache is not None:
+            sig = transform_signature(self.cfg, is_train)
+            if transform_name:
+                sig["method_transform"] = transform_name
             key = {"encoder": self.encoder_key(), "dataset": ds.name, "dataset_name": self.cfg.DATASET.NAME,
                    "split_hash": ds.split_hash, "split": split, "images": data_fingerprint(data),
-                   "transform": transform_signature(self.cfg, is_train)}
-        tfm = self.dm.tfm_train if is_train else self.dm.tfm_test
+                   "transform": sig}
+        tfm = transform if transform is not None else (self.dm.tfm_train if is_train else self.dm.tfm_test)
         return build_feature_bank(self.encode_images, ds, data, tfm, base_key=key, cache=cache,
                                   random_views=random_views, num_views=max(int(self.cache_cfg.NUM_VIEWS), 1),
                                   seed=self._view_seed(), batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
                                   num_workers=self.cfg.DATALOADER.NUM_WORKERS, device=self.device)
-
 
     def uses_cached_training(self) -> bool:
         """Whether training features come from the cache: always for a deterministic training

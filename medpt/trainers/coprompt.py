@@ -34,7 +34,10 @@ Deliberate differences from the official code:
   looked up by a per-dataset table that raises KeyError for new datasets); when classes have
   different counts (e.g. a generic fallback next to a file) all are cut to the smallest count;
 * the second view is made in the trainer by reading the image again and applying the same random
-  training transform (official: Dassl's ``K_TRANSFORMS 2``). ``AUGMENT "randaugment"`` (default,
+  training transform (official: Dassl's ``K_TRANSFORMS 2``); with the shared feature cache and
+  ``MODEL.FEATURE_CACHE.NUM_VIEWS`` > 0 (the documented bank-of-views deviation) the teacher's
+  features of the second view are a random view from a bank of that transform's views, encoded
+  once, instead of a fresh view encoded at every step. ``AUGMENT "randaugment"`` (default,
   as the official ``["randaugment", "normalize"]``) uses torchvision's ``RandAugment(2, 10)`` after
   a resize + centre crop for both views; ``"config"`` uses the config's ``INPUT.TRANSFORMS``;
 * the unused hand-template text features of the official file are not computed;
@@ -46,6 +49,7 @@ Deliberate differences from the official code:
 from __future__ import annotations
 
 import random
+import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -57,6 +61,8 @@ from ..clip import clean_classname
 from ..clip.prompted import PromptCoupler, PromptedTextEncoder, PromptedVisionEncoder, make_deep_prompts
 from ..engine.registry import TRAINER_REGISTRY
 from ..engine.trainer import ClassTextCacheMixin, TrainerX
+from ..clip.feature_cache import is_random_transform
+from ._frozen import FeatureBankMixin
 
 
 def class_texts(dataset_id: str, classnames: Sequence[str], kind: str, path: str = "") -> list:
@@ -295,7 +301,7 @@ def randaugment_transform(cfg):
 
 
 @TRAINER_REGISTRY.register("CoPrompt")
-class CoPrompt(ClassTextCacheMixin, TrainerX):
+class CoPrompt(FeatureBankMixin, ClassTextCacheMixin, TrainerX):
     """CoPrompt trainer. Config ``TRAINER.COPROMPT``: N_CTX, CTX_INIT, PROMPT_DEPTH, USE_ADAPTERS,
     IMAGE_ADAPTER_RATIO, TEXT_ADAPTER_RATIO, W (consistency weight), DISTILL, AUGMENT,
     DESCRIPTION_FILE, PREC."""
@@ -356,6 +362,37 @@ class CoPrompt(ClassTextCacheMixin, TrainerX):
         ds = self.dm.dataset
         return torch.stack([self.view_transform(ds.read_image(p)) for p in batch["impath"]]).to(self.device)
 
+    def uses_cached_training(self) -> bool:
+        """Whether the teacher's second views come from the shared cache: a bank of
+        ``NUM_VIEWS`` > 0 views of the view transform (RandAugment is always random), or one view
+        when ``AUGMENT "config"`` has a deterministic pipeline (exact)."""
+        if not self.cache_enabled:
+            return False
+        if self.method_cfg.AUGMENT == "config" and not is_random_transform(self.cfg):
+            return True
+        return int(self.cache_cfg.NUM_VIEWS) > 0
+
+    def train(self, resume: bool = False) -> None:
+        """As the base ``train``, with the bank of second views built first when the cache applies."""
+        if self.method_cfg.W and self.uses_cached_training() and getattr(self, "view_bank", None) is None:
+            t0 = time.time()
+            rand = self.method_cfg.AUGMENT == "randaugment"
+            self.view_bank = self.feature_bank("train", transform=self.view_transform if rand else None,
+                                               transform_name="coprompt-randaugment(2,10)" if rand else "")
+            self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
+        super().train(resume)
+
+    def teacher_image_features(self, batch) -> torch.Tensor:
+        """``[B, E]`` unnormalised frozen features of a second, independently augmented view of each
+        image: a random view from the bank (:attr:`view_bank`) when built, else read, augmented and
+        encoded now."""
+        bank = getattr(self, "view_bank", None)
+        if bank is None:
+            return self.encode_images(self.second_view(batch))
+        idx = batch["index"].tolist()
+        views = [random.randrange(bank.num_views) if bank.num_views > 1 else 0 for _ in idx]
+        return bank.features[views, idx].to(self.device).float()
+
     def forward_backward(self, batch) -> Dict[str, float]:
         images, labels = self.parse_batch_train(batch)
         c = self.method_cfg
@@ -366,8 +403,7 @@ class CoPrompt(ClassTextCacheMixin, TrainerX):
             logits = (m.logit_scale * img @ text.t()).float()
             loss = F.cross_entropy(logits, labels)
             if c.W:
-                with torch.no_grad():
-                    teach_img = F.normalize(m.clip.encode_image(self.second_view(batch)).float(), dim=-1)
+                teach_img = F.normalize(self.teacher_image_features(batch), dim=-1)
                 k = random.randrange(self.desc_feats.shape[0])
                 loss = loss + c.W * consistency_loss(text.float(), self.desc_feats[k], img.float(), teach_img,
                                                      c.DISTILL)

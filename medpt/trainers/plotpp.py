@@ -212,6 +212,11 @@ class PLOTPP(ClassTextCacheMixin, TrainerX):
         if c.MODEL_UPD not in ("two_stage", "vision", "joint"):
             raise ValueError(f"TRAINER.PLOTPP.MODEL_UPD must be two_stage, vision or joint, got '{c.MODEL_UPD}'")
 
+    @classmethod
+    def planned_epochs(cls, cfg) -> int:
+        """``two_stage`` trains both stages, ``OPTIM.MAX_EPOCH`` epochs each."""
+        return int(cfg.OPTIM.MAX_EPOCH) * (2 if cfg.TRAINER.PLOTPP.MODEL_UPD == "two_stage" else 1)
+
     def build_model(self) -> None:
         c = self.method_cfg
         bb = self.get_backbone()
@@ -219,8 +224,7 @@ class PLOTPP(ClassTextCacheMixin, TrainerX):
                                 c.EPS, c.MAX_ITER, c.THRESH, trade_off=c.TRADE_OFF).to(self.device)
         pl = self.model.prompt_learner
         self.stage_epochs = self.cfg.OPTIM.MAX_EPOCH
-        if c.MODEL_UPD == "two_stage":
-            self.max_epoch = 2 * self.stage_epochs
+        self.max_epoch = self.planned_epochs(self.cfg)
         if c.PRETRAIN_DIR:
             self._load_pretrained(Path(c.PRETRAIN_DIR))
         self.stage = 2 if c.MODEL_UPD == "joint" else 1
