@@ -21,7 +21,7 @@ setup(
     include_package_data=True,
     package_data={"medpt": ["configs/**/*.yaml", "clip/model_configs/*.json",
                             "datasets/data/**/*", "datasets/data/**/**/*",
-                            "knowledge/data/*.json"]},
+                            "knowledge/data/*.json", "benchmark/results/*.json"]},
     install_requires=[
         "torch>=2.1,<3",
         "torchvision>=0.16",

@@ -297,9 +297,12 @@ def measure_method(method: str, ds, tmp: Path, backbone, args, prec: str, batch:
         variants["cached"] = ({"feat": feats, "label": batch_dict["label"], "index": batch_dict["index"]}, test_feats)
     if teacher:
         # frozen features of the training views from the bank (what the loader serves with the cache on
-        # and NUM_VIEWS > 0): the teacher / clean-view pass is not run; eval is unchanged
+        # and NUM_VIEWS > 0): the teacher / clean-view pass is not run; eval is unchanged. The bank's
+        # loader is swapped in for the cached step only (AAPL's partners then come from the bank too).
+        image_loader = tr.train_loader_x
         tr.attach_teacher_bank(tr.feature_bank("train", use_cache=False))
-        variants["cached"] = (dict(batch_dict, teacher_feat=tr.encode_images(images)), None)
+        bank_loader, tr.train_loader_x = tr.train_loader_x, image_loader
+        cached_batch = dict(batch_dict, teacher_feat=tr.encode_images(images))
 
     # before_test (per-test work amortised over the test set), timed once
     _set_eval_mode(tr)
@@ -314,11 +317,17 @@ def measure_method(method: str, ds, tmp: Path, backbone, args, prec: str, batch:
             fns[f"train_{name}"] = _train_fn(tr, b)
         if x is not None:
             fns[f"eval_{name}"] = _eval_fn(tr, x)
+    if trains and teacher:
+        def cached_teacher_step():
+            tr.train_loader_x = bank_loader
+            try:
+                tr.forward_backward(cached_batch)
+            finally:
+                tr.train_loader_x = image_loader
+        fns["train_cached"] = cached_teacher_step
     if trains and hasattr(tr, "teacher_image_features") and hasattr(tr, "feature_bank"):
         # CoPrompt: its teacher's second views from a bank (NUM_VIEWS > 0), swapped in for the cached step only
-        rand = tr.method_cfg.AUGMENT == "randaugment"
-        view_bank = tr.feature_bank("train", use_cache=False, transform=tr.view_transform if rand else None,
-                                    transform_name="coprompt-randaugment(2,10)" if rand else "")
+        view_bank = tr.build_view_bank(use_cache=False)
 
         def cached_step():
             tr.view_bank = view_bank

@@ -82,3 +82,24 @@ def test_stray_arguments_are_refused_before_anything_runs(tmp_path, capsys):
     assert rc == 2 and "KEY VALUE" in capsys.readouterr().err
     rc = main(["--output", str(tmp_path / "out"), "--dry-run", "--", "lowercase", "1"])
     assert rc == 2
+
+
+def test_overrides_after_a_list_option_are_overrides(tmp_path, capsys):
+    """'--methods CoOp OPTIM.MAX_EPOCH 7': the key and its value are config overrides."""
+    sf = _speed_file(tmp_path, {"CoOp": COOP})
+    rc = main(["--datasets", "kvasir", "--protocol", "paper", "--seeds", "1", "--root", str(tmp_path),
+               "--output", str(tmp_path / "out"), "--dry-run", "--speed-file", str(sf),
+               "--methods", "CoOp", "OPTIM.MAX_EPOCH", "7", "DATALOADER.TRAIN_X.BATCH_SIZE", "16"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    # 7 epochs x 350 steps x 0.5 x 4 s x 2 + 600 s eval = 10,400 s = 2.9 h
+    assert "2.9" in out.split("Cost estimate")[1]
+
+
+def test_a_job_with_a_config_error_is_listed_not_crashing(tmp_path, capsys):
+    sf = _speed_file(tmp_path, {"CoOp": COOP})
+    rc = main(["--methods", "CoOp", "--datasets", "kvasir", "--protocol", "paper", "--seeds", "1",
+               "--root", str(tmp_path), "--output", str(tmp_path / "out"), "--dry-run", "--speed-file", str(sf),
+               "--", "TRAINER.COOP.NCTX", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ERROR" in out and "config error (not counted" in out

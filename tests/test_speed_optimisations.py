@@ -137,7 +137,7 @@ def test_coprompt_randaugment_bank_has_its_own_cache_entries(tmp_path):
                                                                "TRAINER.COPROMPT.PROMPT_DEPTH", "2"])
     assert tr.uses_cached_training()
     plain = tr.feature_bank("train")
-    ra = tr.feature_bank("train", transform=tr.view_transform, transform_name="coprompt-randaugment(2,10)")
+    ra = tr.build_view_bank()
     assert ra.features.shape == (2, 12, 64)  # RandAugment is random: NUM_VIEWS views
     assert not torch.allclose(plain.features[0], ra.features[0])
     with pytest.raises(ValueError, match="transform_name"):

@@ -85,10 +85,12 @@ def _estimate(jobs_status: List[Dict], records: List[Dict]) -> List[str]:
         if not rates:
             unknown += 1
             continue
+        from ..engine.registry import TRAINER_REGISTRY
         from .grid import resolve_job
 
         cfg = resolve_job(s["job"], Path("."))[0]
-        total += sum(rates) / len(rates) * s["n_train"] * cfg.OPTIM.MAX_EPOCH
+        epochs = TRAINER_REGISTRY.get(s["job"].method).planned_epochs(cfg)
+        total += sum(rates) / len(rates) * s["n_train"] * epochs
     if not per_img_epoch:
         return lines  # no finished record to take rates from: the step-cost estimate below stands alone
     lines.append(f"estimated training time of pending jobs: {total / 3600:.2f} h on this machine's measured "
@@ -132,6 +134,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     output = Path(args.output)
     opts = [o for o in args.opts if o != "--"]
+    for name in ("datasets", "methods"):  # "--methods CoOp OPTIM.MAX_EPOCH 5": the override is an opt
+        values = getattr(args, name)
+        cut = next((i for i, v in enumerate(values) if "." in v and _looks_like_key(v)), None)
+        if cut is not None:
+            opts = values[cut:] + opts
+            setattr(args, name, values[:cut])
     bad = [k for k in opts[::2] if not _looks_like_key(k)]
     if bad or len(opts) % 2:
         print(f"error: unexpected argument(s) {' '.join(opts)!r}: trailing config overrides are KEY VALUE pairs "

@@ -3,7 +3,7 @@
 The estimate needs no data and no GPU: it combines
 
 * each method's **measured step cost** from a ``benchmark/speed.py`` JSON (default: the file
-  committed at ``benchmark/results/speed_cpu_fp32.json``, measured on a 2-core CPU): the train
+  shipped at ``medpt/benchmark/results/speed_cpu_fp32.json``, measured on a 2-core CPU): the train
   ratio ``r_train`` (one training step of B = 8 images / ``REF_TRAIN``), the eval ratio
   ``r_eval`` and the machine's ``REF_TRAIN`` / ``REF_EVAL`` seconds;
 * each job's **protocol**: epochs (:meth:`~medpt.engine.trainer.SimpleTrainer.planned_epochs`,
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-#: the committed CPU measurement (benchmark/speed.py --reps 3 on the project's 2-core machine).
-DEFAULT_SPEED_FILE = Path(__file__).resolve().parents[2] / "benchmark" / "results" / "speed_cpu_fp32.json"
+#: the shipped CPU measurement (benchmark/speed.py --reps 3 on the project's 2-core machine).
+DEFAULT_SPEED_FILE = Path(__file__).resolve().parent / "results" / "speed_cpu_fp32.json"
 
 #: the batch size of the yardstick's measured step.
 MEASURED_BATCH = 8
@@ -51,6 +51,8 @@ class JobCost:
     train_s: Optional[float]
     train_cached_s: Optional[float]
     eval_s: Optional[float]
+    eval_cached_s: Optional[float] = None
+    error: str = ""
 
 
 def load_speed(path: Path | str, config: str = "fp32:8") -> Tuple[Dict, Dict[str, Dict]]:
@@ -115,9 +117,14 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
     ref_train, ref_eval = _ref_seconds(results)
     out = []
     for i, job in enumerate(jobs):
-        cfg = build_config(job.method, job.dataset, protocol=job.protocol, trainer_config=job.trainer_config,
-                           root=job.root, seed=job.seed, backbone=job.backbone, weights=job.weights,
-                           opts=list(job.opts), freeze=False)
+        try:
+            cfg = build_config(job.method, job.dataset, protocol=job.protocol, trainer_config=job.trainer_config,
+                               root=job.root, seed=job.seed, backbone=job.backbone, weights=job.weights,
+                               opts=list(job.opts), freeze=False)
+        except Exception as err:  # listed with its error by the dry run; not counted here
+            out.append(JobCost(job.method, job.dataset, job.seed, 0, 0, "unknown", 0, 0, None, None, None,
+                               error=f"{type(err).__name__}: {err}"))
+            continue
         n_train, n_test, src = _sizes(job, cfg, status[i] if status else None)
         cls = TRAINER_REGISTRY.get(job.method)
         epochs = cls.planned_epochs(cfg) if getattr(cls, "REQUIRES_TRAINING", True) else 0
@@ -128,6 +135,8 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
         tr = r.get("train_uncached_ratio")
         tc = r.get("train_cached_ratio", tr)
         ev = r.get("eval_uncached_ratio")
+        evc = r.get("eval_cached_ratio", ev)
+        eval_cached_s = None
         if not r:  # not measured
             train_s = cached_s = eval_s = None
         else:
@@ -138,8 +147,11 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
             else:
                 train_s, cached_s = steps * tr * per_step, steps * tc * per_step
             eval_s = n_test * ev * ref_eval / MEASURED_BATCH if ev is not None else None
+            # through the cache: test features are encoded once, then each pass is the head alone
+            eval_cached_s = (n_test * ev + n_test * evc) * ref_eval / MEASURED_BATCH if evc is not None \
+                and "eval_cached_ratio" in r else eval_s
         out.append(JobCost(job.method, job.dataset, job.seed, n_train, n_test, src, epochs, batch,
-                           train_s, cached_s, eval_s))
+                           train_s, cached_s, eval_s, eval_cached_s))
     return out
 
 
@@ -151,12 +163,17 @@ def summary_lines(costs: Sequence[JobCost], meta: Dict, speed_file: Path | str) 
     for c in costs:
         by_method.setdefault(c.method, []).append(c)
     rows, tot, tot_cached, missing = [], 0.0, 0.0, []
+    failed = [c for c in costs if c.error]
+    costs = [c for c in costs if not c.error]
+    by_method = {m: [c for c in cs if not c.error] for m, cs in by_method.items()}
     for m, cs in by_method.items():
+        if not cs:
+            continue
         if any(c.train_s is None or c.eval_s is None for c in cs):
             missing.append(m)
             continue
         t = sum(c.train_s + c.eval_s for c in cs)
-        tc = sum(c.train_cached_s + c.eval_s for c in cs)
+        tc = sum(c.train_cached_s + (c.eval_cached_s if c.eval_cached_s is not None else c.eval_s) for c in cs)
         tot, tot_cached = tot + t, tot_cached + tc
         rows.append([m, len(cs), f"{t / 3600:.1f}", f"{tc / 3600:.1f}"])
     rows.append(["total", len(costs), f"{tot / 3600:.1f}", f"{tot_cached / 3600:.1f}"])
@@ -175,4 +192,6 @@ def summary_lines(costs: Sequence[JobCost], meta: Dict, speed_file: Path | str) 
         lines.append("Split sizes unknown (not counted): " + ", ".join(unknown))
     if missing:
         lines.append("Methods not in the speed file (not counted): " + ", ".join(missing))
+    if failed:
+        lines.append(f"{len(failed)} job(s) with a config error (not counted; see the ERROR rows above)")
     return lines

@@ -160,7 +160,9 @@ class SeededViewDataset(Dataset):
             x = self.transform(img)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(self.seed, view, i))
+                # the CPU generator only: torch.manual_seed would also reseed every CUDA generator,
+                # which fork_rng(devices=[]) does not restore (the transforms draw on the CPU)
+                torch.default_generator.manual_seed(derive_seed(self.seed, view, i))
                 x = self.transform(img)
         return {"img": x, "label": d.label, "index": i, "impath": d.impath}
 

@@ -135,6 +135,12 @@ def _split_supported(blocks: Sequence[nn.Module]) -> bool:
     return True
 
 
+def _any_grad(blocks: Sequence[nn.Module]) -> bool:
+    """Whether any weight of the blocks is trained (the two-stream pass assumes frozen blocks:
+    it runs the original tokens without gradient)."""
+    return any(p.requires_grad for blk in blocks for p in blk.parameters())
+
+
 def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
     n, length, w = t.shape
     return t.view(n, length, h, w // h).transpose(1, 2)
@@ -269,7 +275,7 @@ class PromptedTextEncoder(TextEncoder):
         if need > length:
             raise ValueError(f"{k} read-only prompts do not fit after EOT at {int(eot_idx.max())} in a "
                              f"{length}-token context; shorten the template/class names or lower K")
-        if split and _split_supported(self.transformer.resblocks):
+        if split and _split_supported(self.transformer.resblocks) and not _any_grad(self.transformer.resblocks):
             t = int(eot_idx.max().item()) + 1
             x = prompts[:, :t] + self.positional_embedding[:t].to(prompts.dtype)
             p = ro_prompts.to(x.dtype)[None].expand(n, -1, -1)
@@ -399,7 +405,8 @@ class PromptedVisionEncoder(nn.Module):
         if len(deep) > self.n_layers - 1:
             raise ValueError(f"{len(deep)} deep prompt layers for a {self.n_layers}-block tower")
         if (split and read_only and n and not any(d is not None for d in deep) and not len(self.ln_overrides)
-                and output != "tokens" and _split_supported(v.transformer.resblocks)):
+                and output != "tokens" and _split_supported(v.transformer.resblocks)
+                and not _any_grad(v.transformer.resblocks)):
             return self._forward_read_only_split(x, n, output, images.requires_grad)
         x = self._ln("ln_pre", v.ln_pre)(x)
         mask = read_only_vision_mask(x.shape[1], n, x.device).to(x.dtype) if read_only and n else None

@@ -283,6 +283,10 @@ class TeacherFeatureBankMixin(FeatureBankMixin):
         """Serve training batches from ``bank`` (the ``train`` split through the training
         pipeline, with this run's view seed), keeping the image loader's sampler and settings."""
         img = self.train_loader_x
+        tfm = getattr(getattr(img, "dataset", None), "transform", None)
+        if tfm is not self.dm.tfm_train:
+            raise ValueError(f"{type(self).__name__}: the training loader does not use the config's training "
+                             "transform, so the feature bank's views would not be its images")
         random_views = is_random_transform(self.cfg)
         ds = BankViewDataset(self.dm.dataset, self._split_data("train"), self.dm.tfm_train,
                              self._view_seed() if random_views else None, bank,
@@ -294,7 +298,8 @@ class TeacherFeatureBankMixin(FeatureBankMixin):
 
     def train(self, resume: bool = False) -> None:
         """As the base ``train``, with the teacher bank attached when the cache applies."""
-        if self.uses_cached_training() and self.train_loader_x is not None and self.teacher_bank is None:
+        if self.uses_cached_training() and self.train_loader_x is not None and self.teacher_bank is None \
+                and getattr(self.train_loader_x.dataset, "transform", None) is self.dm.tfm_train:
             t0 = time.time()
             self.attach_teacher_bank(self.feature_bank("train"))
             self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0

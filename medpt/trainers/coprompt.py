@@ -376,11 +376,18 @@ class CoPrompt(FeatureBankMixin, ClassTextCacheMixin, TrainerX):
         """As the base ``train``, with the bank of second views built first when the cache applies."""
         if self.method_cfg.W and self.uses_cached_training() and getattr(self, "view_bank", None) is None:
             t0 = time.time()
-            rand = self.method_cfg.AUGMENT == "randaugment"
-            self.view_bank = self.feature_bank("train", transform=self.view_transform if rand else None,
-                                               transform_name="coprompt-randaugment(2,10)" if rand else "")
+            self.view_bank = self.build_view_bank()
             self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
         super().train(resume)
+
+    def build_view_bank(self, use_cache: Optional[bool] = None):
+        """The :class:`~medpt.clip.feature_cache.FeatureBank` of second views: the RandAugment
+        pipeline's own entries (keyed by its ``repr``, so a change of the pipeline misses), or the
+        config's training pipeline with ``AUGMENT "config"``."""
+        if self.method_cfg.AUGMENT == "randaugment":
+            return self.feature_bank("train", use_cache=use_cache, transform=self.view_transform,
+                                     transform_name="coprompt:" + repr(self.view_transform))
+        return self.feature_bank("train", use_cache=use_cache)
 
     def teacher_image_features(self, batch) -> torch.Tensor:
         """``[B, E]`` unnormalised frozen features of a second, independently augmented view of each
