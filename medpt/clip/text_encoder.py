@@ -13,6 +13,14 @@ causal mask, ``ln_final``, the end-of-text token, ``text_projection``), with two
 * **deep prompts**: ``deep_prompts[i]`` (``[n, D]`` or ``[N, n, D]``) replaces the ``n`` tokens at
   ``deep_start .. deep_start + n`` before block ``i + 1`` (MaPLe / PromptSRC layout: the input
   layer's prompts come with the embeddings, layers ``1 .. len(deep_prompts)`` get new ones).
+* **shared prefix** (:func:`shared_prefix_length`, :meth:`TextEncoder.forward`
+  ``shared_prefix``): prompts of a class-shared context, ``[SOS][ctx][class name][.][EOT]``,
+  begin with the same ``P`` token embeddings in every sequence (``P = 1 + n_ctx``). Under the
+  causal mask those positions have the same hidden states in every sequence and every block,
+  so they are computed once (per group of sequences sharing them, e.g. per image for CoCoOp),
+  and each sequence's remaining tokens attend to the shared keys/values, like a prefix
+  key/value cache. Same values up to float summation order (tested); the tokens processed per
+  pass fall from ``N L`` to ``G P + N (L - P)``.
 
 Source: ``open_clip/model.py:CLIP.encode_text``; ``KaiyangZhou/CoOp:trainers/coop.py:TextEncoder``.
 """
@@ -21,7 +29,52 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def shared_prefix_length(prompts: torch.Tensor, groups: Optional[torch.Tensor] = None) -> int:
+    """Number ``P`` of leading positions whose embeddings are identical within every group.
+
+    Args:
+        prompts: ``[N, L, D]`` token embeddings.
+        groups: ``[N]`` group ids (``None``: one group, all sequences).
+
+    Returns:
+        ``P`` (0 when even the first token differs). Exact equality: a shared prefix is one the
+        values say is shared, whatever produced them.
+    """
+    with torch.no_grad():
+        if groups is None:
+            ref = prompts[:1]
+        else:
+            first = torch.full((int(groups.max()) + 1,), prompts.shape[0], dtype=torch.long, device=groups.device)
+            first = first.scatter_reduce(0, groups, torch.arange(len(groups), device=groups.device), "amin")
+            ref = prompts[first[groups]]
+        same = (prompts == ref).all(dim=-1).all(dim=0)  # [L]
+        return int(torch.cumprod(same.to(torch.int64), 0).sum().item())
+
+
+def _blocks_splittable(blocks) -> bool:
+    for blk in blocks:
+        a = getattr(blk, "attn", None)
+        if not isinstance(a, nn.MultiheadAttention) or a.in_proj_weight is None or a.dropout:
+            return False
+        if getattr(a, "bias_k", None) is not None or hasattr(blk, "ln_1_kv") or hasattr(blk, "ln_attn"):
+            return False
+        if not hasattr(blk, "ls_1"):
+            return False
+    return True
+
+
+def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
+    n, length, w = t.shape
+    return t.view(n, length, h, w // h).transpose(1, 2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    n, h, length, d = t.shape
+    return t.transpose(1, 2).reshape(n, length, h * d)
 
 
 class TextEncoder(nn.Module):
@@ -55,7 +108,8 @@ class TextEncoder(nn.Module):
 
     def forward(self, prompts: torch.Tensor, eot_idx: torch.Tensor,
                 deep_prompts: Optional[Sequence[torch.Tensor]] = None, deep_start: int = 1,
-                truncate: bool = True) -> torch.Tensor:
+                truncate: bool = True, shared_prefix: bool = True,
+                prefix_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode prompt embeddings.
 
         Args:
@@ -64,6 +118,11 @@ class TextEncoder(nn.Module):
             deep_prompts: optional per-layer replacements (see module doc).
             deep_start: first position the deep prompts replace (1 = right after SOS).
             truncate: cut sequences after the longest EOT (needs the causal mask).
+            shared_prefix: compute a prefix shared by all sequences (or by each group of
+                ``prefix_groups``) once (see module doc); used when it saves at least a quarter
+                of the tokens and every deep prompt is shared (``[n, D]``) and lies in the prefix.
+            prefix_groups: ``[N]`` group ids of sequences that share a prefix (e.g. the image of
+                each CoCoOp prompt); ``None``: all sequences.
 
         Returns:
             ``[N, E]`` unnormalised text features (E = 512 for ViT-B/16).
@@ -72,6 +131,10 @@ class TextEncoder(nn.Module):
         if truncate and self.attn_mask is not None:
             length = int(eot_idx.max().item()) + 1
             prompts = prompts[:, :length]
+        if shared_prefix and self.attn_mask is not None and n > 1:
+            out = self._try_shared_prefix(prompts, eot_idx, deep_prompts, deep_start, prefix_groups)
+            if out is not None:
+                return out
         x = prompts + self.positional_embedding[:length].to(prompts.dtype)
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
         blocks = self.transformer.resblocks
@@ -90,6 +153,55 @@ class TextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+    def _try_shared_prefix(self, prompts, eot_idx, deep_prompts, deep_start, groups) -> Optional[torch.Tensor]:
+        """The shared-prefix pass, or ``None`` when it does not apply or would not pay."""
+        n, length, _ = prompts.shape
+        blocks = self.transformer.resblocks
+        p_len = shared_prefix_length(prompts, groups)
+        p_len = min(p_len, int(eot_idx.min().item()))  # every EOT feature comes from the per-sequence part
+        deep = list(deep_prompts or [])
+        for d in deep:
+            if d is not None and (d.dim() != 2 or deep_start + d.shape[-2] > p_len):
+                return None
+        if groups is None:
+            groups = torch.zeros(n, dtype=torch.long, device=prompts.device)
+        g = int(groups.max().item()) + 1
+        if p_len < 1 or (n - g) * p_len < 0.25 * n * length or not _blocks_splittable(blocks):
+            return None
+        first = torch.full((g,), n, dtype=torch.long, device=groups.device)
+        first = first.scatter_reduce(0, groups, torch.arange(n, device=groups.device), "amin")
+        pos = self.positional_embedding[:length].to(prompts.dtype)
+        p = prompts[first, :p_len] + pos[:p_len]  # [G, P, D]
+        s = prompts[:, p_len:] + pos[p_len:]  # [N, L - P, D]
+        j = torch.arange(length - p_len, device=prompts.device)
+        t = torch.arange(length, device=prompts.device)
+        keep = (t[None, :] < p_len) | (t[None, :] - p_len <= j[:, None])  # [L - P, L]: prefix + causal
+        for i, blk in enumerate(blocks):
+            if 1 <= i <= len(deep) and deep[i - 1] is not None:
+                d = deep[i - 1].to(p.dtype)
+                p = torch.cat([p[:, :deep_start], d.unsqueeze(0).expand(g, -1, -1),
+                               p[:, deep_start + d.shape[0]:]], dim=1)
+            a = blk.attn
+            h = a.num_heads
+            w, b = a.in_proj_weight, a.in_proj_bias
+            qp, kp, vp = (_heads(z, h) for z in F.linear(blk.ln_1(p), w, b).chunk(3, dim=-1))
+            qs, ks, vs = (_heads(z, h) for z in F.linear(blk.ln_1(s), w, b).chunk(3, dim=-1))
+            op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
+            k_all = torch.cat([kp[groups], ks], dim=2)
+            v_all = torch.cat([vp[groups], vs], dim=2)
+            os_ = F.scaled_dot_product_attention(qs, k_all, v_all, attn_mask=keep)
+            p = p + blk.ls_1(a.out_proj(_merge(op)))
+            p = p + blk.ls_2(blk.mlp(blk.ln_2(p)))
+            s = s + blk.ls_1(a.out_proj(_merge(os_)))
+            s = s + blk.ls_2(blk.mlp(blk.ln_2(s)))
+        x = self.ln_final(s[torch.arange(n, device=s.device), eot_idx - p_len])
+        return self._project(x)
 
     @staticmethod
     def _replace(x: torch.Tensor, ctx: torch.Tensor, start: int, batch_first: bool) -> torch.Tensor:
