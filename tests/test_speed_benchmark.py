@@ -44,11 +44,15 @@ def _row(train, evl, cached=None, **kw):
 
 def test_table_target_checks(speed):
     t = speed.table({"CoOp": _row(0.69, 1.0, cached=0.08), "CoCoOp": _row(1.5, 2.0, cached=1.1),
-                     "PLOTPP": _row(7.0, 4.0, stray_grad_params=123)})
+                     "PLOTPP": _row(7.0, 4.0, stray_grad_params=123), "AAPL": _row(2.5, 1.1, cached=1.7),
+                     "DePT": _row(1.4, 1.0, cached=1.0)})
     lines = {ln.split("|")[1].strip(): ln for ln in t.splitlines() if ln.startswith("| ")}
     assert "cached<=0.1 met" in lines["CoOp"] and "<=official met" in lines["CoOp"]  # 0.69 <= 0.63 * 1.1
     assert "<=half official MISSED" in lines["CoCoOp"]  # 1.1 > 1.86 / 2 * 1.1 (10 % noise)
     assert "<=official MISSED" in lines["PLOTPP"]
+    # exact protocol over the cap, the cached step under it (2.5 > 4.23 / 2 * 1.1 >= 1.7): both said
+    assert "<=half official MISSED exact, met cached" in lines["AAPL"]
+    assert "<=official MISSED exact, met cached" in lines["DePT"]  # 1.4 > 1.17 * 1.1 >= 1.0
     assert "PLOTPP (123)" in t
 
 
