@@ -145,3 +145,23 @@ def test_flops_match_the_closed_form_of_the_image_tower(tmp_path):
     expected = blocks * per_block + 2 * 16 * (3 * 8 * 8) * w + 2 * w * 64 + 2 * 2 * 64
     assert cost["image_gflops"] * 1e9 == pytest.approx(expected, rel=1e-12)
     assert cost["image_gmacs"] == pytest.approx(cost["image_gflops"] / 2)
+
+
+#: tiny-backbone settings some methods need (prompt depth <= the tiny towers' 2 blocks).
+_TINY_METHOD_OPTS = {
+    "PromptSRC": ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
+    "DePT": ["TRAINER.DEPT.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.DEPT.PROMPTSRC.PROMPT_DEPTH_VISION", "2"],
+    "CoPrompt": ["TRAINER.COPROMPT.PROMPT_DEPTH", "2"],
+    "DCPL": ["TRAINER.DCPL.PROMPT_DEPTH", "2", "TRAINER.DCPL.DOMAIN_ENCODER", "tiny"],
+}
+
+
+@pytest.mark.parametrize("method", ["RPO", "PromptSRC", "DePT", "AAPL", "CoCoOp", "PLOTPP", "XCoOp", "LASP",
+                                    "CoPrompt", "DCPL", "TCP", "ViP", "KgCoOp"])
+def test_flops_are_counted_for_every_prompted_path(method, tmp_path):
+    """The FLOP counter (module hooks under no_grad) runs through each method's own inference path:
+    the two-stream read-only pass, the shared text prefix, deep prompts."""
+    cfg = tiny_cfg(method, output_dir=tmp_path, opts=_TINY_METHOD_OPTS.get(method, []))
+    trainer = TRAINER_REGISTRY.get(method)(cfg)
+    cost = measure_inference_cost(trainer, batch_size=2)
+    assert cost["image_gflops"] > 0

@@ -188,6 +188,10 @@ def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tens
     if not _split_supported(blocks):
         raise TypeError("read-only prompts can only be split over open_clip ResidualAttentionBlocks "
                         "with packed nn.MultiheadAttention and no attention dropout")
+    if not torch.is_grad_enabled():
+        # a view of a trainable prompt made under no_grad still says requires_grad but has no
+        # grad_fn, which module hooks (e.g. torch's FLOP counter's module tracker) reject
+        x, p = x.detach(), p.detach()
     width = x.shape[-1]
     orig_grad = torch.is_grad_enabled() and x.requires_grad
     last = len(blocks) - 1
