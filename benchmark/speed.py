@@ -221,6 +221,18 @@ def _train_fn(tr, batch):
     return step
 
 
+def _swapped_step(tr, attr: str, value, batch):
+    """A training step with ``tr.<attr>`` set to ``value`` for its duration (restored after)."""
+    def step():
+        old = getattr(tr, attr, None)
+        setattr(tr, attr, value)
+        try:
+            tr.forward_backward(batch)
+        finally:
+            setattr(tr, attr, old)
+    return step
+
+
 def _eval_fn(tr, x):
     @torch.no_grad()
     def infer():
@@ -317,25 +329,11 @@ def measure_method(method: str, ds, tmp: Path, backbone, args, prec: str, batch:
             fns[f"train_{name}"] = _train_fn(tr, b)
         if x is not None:
             fns[f"eval_{name}"] = _eval_fn(tr, x)
-    if trains and teacher:
-        def cached_teacher_step():
-            tr.train_loader_x = bank_loader
-            try:
-                tr.forward_backward(cached_batch)
-            finally:
-                tr.train_loader_x = image_loader
-        fns["train_cached"] = cached_teacher_step
+    if trains and teacher:  # the bank's loader swapped in for the cached step only
+        fns["train_cached"] = _swapped_step(tr, "train_loader_x", bank_loader, cached_batch)
     if trains and hasattr(tr, "teacher_image_features") and hasattr(tr, "feature_bank"):
         # CoPrompt: its teacher's second views from a bank (NUM_VIEWS > 0), swapped in for the cached step only
-        view_bank = tr.build_view_bank(use_cache=False)
-
-        def cached_step():
-            tr.view_bank = view_bank
-            try:
-                tr.forward_backward(batch_dict)
-            finally:
-                tr.view_bank = None
-        fns["train_cached"] = cached_step
+        fns["train_cached"] = _swapped_step(tr, "view_bank", tr.build_view_bank(use_cache=False), batch_dict)
 
     def run(kind: str, memory: bool = False) -> Dict[str, float]:
         if kind.startswith("train"):

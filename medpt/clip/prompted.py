@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text_encoder import TextEncoder
+from .text_encoder import TextEncoder, _blocks_splittable, _heads, _merge
 
 __all__ = ["PromptedTextEncoder", "PromptedVisionEncoder", "PromptCoupler", "make_deep_prompts",
            "read_only_text_mask", "read_only_vision_mask", "read_only_blocks"]
@@ -121,34 +121,10 @@ def read_only_vision_mask(n_tokens: int, n_prompts: int, device=None) -> torch.T
     return mask
 
 
-def _split_supported(blocks: Sequence[nn.Module]) -> bool:
-    """Whether :func:`read_only_blocks` can run these blocks: open_clip ``ResidualAttentionBlock``s
-    whose attention is a packed-projection ``nn.MultiheadAttention`` without dropout."""
-    for blk in blocks:
-        a = getattr(blk, "attn", None)
-        if not isinstance(a, nn.MultiheadAttention) or a.in_proj_weight is None or a.dropout:
-            return False
-        if getattr(a, "bias_k", None) is not None or getattr(a, "add_zero_attn", False):
-            return False
-        if hasattr(blk, "ln_1_kv") or hasattr(blk, "ln_attn") or not hasattr(blk, "ls_1"):
-            return False
-    return True
-
-
 def _any_grad(blocks: Sequence[nn.Module]) -> bool:
     """Whether any weight of the blocks is trained (the two-stream pass assumes frozen blocks:
     it runs the original tokens without gradient)."""
     return any(p.requires_grad for blk in blocks for p in blk.parameters())
-
-
-def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
-    n, length, w = t.shape
-    return t.view(n, length, h, w // h).transpose(1, 2)
-
-
-def _merge(t: torch.Tensor) -> torch.Tensor:
-    n, h, length, d = t.shape
-    return t.transpose(1, 2).reshape(n, length, h * d)
 
 
 def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tensor, causal: bool = False,
@@ -180,12 +156,12 @@ def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tens
         ``(x_out [N, T, W] or None, p_out [N, K, W])``, before ``ln_post`` / ``ln_final``.
 
     Raises:
-        TypeError: blocks this function cannot split (see :func:`_split_supported`).
+        TypeError: blocks this function cannot split (see :func:`medpt.clip.text_encoder._blocks_splittable`).
 
     Source: ``mlvlab/RPO:trainers/rpo.py`` (the masks this factorises) and open_clip's
     ``ResidualAttentionBlock`` / ``nn.MultiheadAttention`` (the same projections and SDPA).
     """
-    if not _split_supported(blocks):
+    if not _blocks_splittable(blocks):
         raise TypeError("read-only prompts can only be split over open_clip ResidualAttentionBlocks "
                         "with packed nn.MultiheadAttention and no attention dropout")
     if not torch.is_grad_enabled():
@@ -279,7 +255,7 @@ class PromptedTextEncoder(TextEncoder):
         if need > length:
             raise ValueError(f"{k} read-only prompts do not fit after EOT at {int(eot_idx.max())} in a "
                              f"{length}-token context; shorten the template/class names or lower K")
-        if split and _split_supported(self.transformer.resblocks) and not _any_grad(self.transformer.resblocks):
+        if split and _blocks_splittable(self.transformer.resblocks) and not _any_grad(self.transformer.resblocks):
             t = int(eot_idx.max().item()) + 1
             x = prompts[:, :t] + self.positional_embedding[:t].to(prompts.dtype)
             p = ro_prompts.to(x.dtype)[None].expand(n, -1, -1)
@@ -409,7 +385,7 @@ class PromptedVisionEncoder(nn.Module):
         if len(deep) > self.n_layers - 1:
             raise ValueError(f"{len(deep)} deep prompt layers for a {self.n_layers}-block tower")
         if (split and read_only and n and not any(d is not None for d in deep) and not len(self.ln_overrides)
-                and output != "tokens" and _split_supported(v.transformer.resblocks)
+                and output != "tokens" and _blocks_splittable(v.transformer.resblocks)
                 and not _any_grad(v.transformer.resblocks)):
             return self._forward_read_only_split(x, n, output, images.requires_grad)
         x = self._ln("ln_pre", v.ln_pre)(x)

@@ -56,13 +56,17 @@ def shared_prefix_length(prompts: torch.Tensor, groups: Optional[torch.Tensor] =
 
 
 def _blocks_splittable(blocks) -> bool:
+    """Whether the functional passes here (shared prefix; RPO's two streams in
+    :mod:`medpt.clip.prompted`) can run these blocks: open_clip ``ResidualAttentionBlock``s whose
+    attention is a packed-projection ``nn.MultiheadAttention`` without dropout, extra key/value
+    biases or separate key/value LayerNorm."""
     for blk in blocks:
         a = getattr(blk, "attn", None)
         if not isinstance(a, nn.MultiheadAttention) or a.in_proj_weight is None or a.dropout:
             return False
-        if getattr(a, "bias_k", None) is not None or hasattr(blk, "ln_1_kv") or hasattr(blk, "ln_attn"):
+        if getattr(a, "bias_k", None) is not None or getattr(a, "add_zero_attn", False):
             return False
-        if not hasattr(blk, "ls_1"):
+        if hasattr(blk, "ln_1_kv") or hasattr(blk, "ln_attn") or not hasattr(blk, "ls_1"):
             return False
     return True
 
