@@ -147,3 +147,19 @@ def test_coprompt_randaugment_bank_has_its_own_cache_entries(tmp_path):
     f = tr.teacher_image_features(batch)
     rows = [[torch.equal(f[j], ra.features[v, i]) for v in range(2)] for j, i in enumerate(batch["index"].tolist())]
     assert all(any(r) for r in rows)  # each teacher feature is one of that image's bank views
+
+
+@pytest.mark.parametrize("name,views,deterministic,noted", [
+    ("CoOp", "2", False, True), ("PromptSRC", "2", False, True), ("CoOp", "0", False, False),
+    ("PromptSRC", "0", True, False)])
+def test_the_view_bank_deviation_is_recorded(name, views, deterministic, noted, tmp_path):
+    """A run trained on a bank of random views says so in its warnings (hence record and tables);
+    the exact paths (live augmentation, or a deterministic pipeline's single view) say nothing."""
+    opts = ["MODEL.FEATURE_CACHE.NUM_VIEWS", views, "OPTIM.MAX_EPOCH", "1"] + (
+        ["INPUT.NO_TRANSFORM", "True"] if deterministic else [])
+    tr = _bank_trainer(name, tmp_path, cache=True, opts=opts)
+    tr.train()
+    msgs = [w for w in getattr(tr, "warnings", []) if "bank of" in w]
+    assert bool(msgs) == noted
+    if noted:
+        assert f"NUM_VIEWS = {views}" in msgs[0]

@@ -141,6 +141,19 @@ class FeatureBankMixin:
                                   seed=self._view_seed(), batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
                                   num_workers=self.cfg.DATALOADER.NUM_WORKERS, device=self.device)
 
+    def note_view_bank(self, bank: FeatureBank, what: str = "training views", random_views: Optional[bool] = None) -> None:
+        """Record the bank-of-views protocol deviation in ``self.warnings`` (copied into the run
+        record and every table) when ``bank`` holds random augmented views (``random_views``;
+        default: whether the config's training pipeline is random). A deterministic pipeline's
+        single view is exact and is not noted."""
+        if random_views if random_views is not None else is_random_transform(self.cfg):
+            msg = (f"protocol deviation: {what} come from a bank of {bank.num_views} augmented view(s) per "
+                   f"training image (MODEL.FEATURE_CACHE.NUM_VIEWS = {int(self.cache_cfg.NUM_VIEWS)}) instead "
+                   "of a fresh augmentation every epoch; see docs/methods.md, 'Image-feature cache'")
+            self.warnings = list(getattr(self, "warnings", []))
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+
     def uses_cached_training(self) -> bool:
         """Whether training features come from the cache: always for a deterministic training
         pipeline (exact), and with ``NUM_VIEWS`` > 0 for a random one (a bank of views)."""
@@ -190,6 +203,8 @@ class FrozenImageEncoderTrainer(FeatureBankMixin, TrainerX):
                 and not isinstance(self.train_loader_x, CachedFeatureLoader):
             t0 = time.time()
             bank = self.feature_bank("train")
+            if self.TRAIN_PIPELINE == "train":
+                self.note_view_bank(bank)
             self._image_train_loader = self.train_loader_x
             self.train_loader_x = CachedFeatureLoader(
                 bank, batch_size=self._image_train_loader.batch_size, drop_last=self._image_train_loader.drop_last,
@@ -301,7 +316,9 @@ class TeacherFeatureBankMixin(FeatureBankMixin):
         if self.uses_cached_training() and self.train_loader_x is not None and self.teacher_bank is None \
                 and getattr(self.train_loader_x.dataset, "transform", None) is self.dm.tfm_train:
             t0 = time.time()
-            self.attach_teacher_bank(self.feature_bank("train"))
+            bank = self.feature_bank("train")
+            self.note_view_bank(bank)
+            self.attach_teacher_bank(bank)
             self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
         super().train(resume)
 

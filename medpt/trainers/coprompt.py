@@ -377,6 +377,8 @@ class CoPrompt(FeatureBankMixin, ClassTextCacheMixin, TrainerX):
         if self.method_cfg.W and self.uses_cached_training() and getattr(self, "view_bank", None) is None:
             t0 = time.time()
             self.view_bank = self.build_view_bank()
+            if self.method_cfg.AUGMENT == "randaugment" or is_random_transform(self.cfg):
+                self.note_view_bank(self.view_bank, "the teacher's second views", random_views=True)
             self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
         super().train(resume)
 
