@@ -103,3 +103,12 @@ def test_a_job_with_a_config_error_is_listed_not_crashing(tmp_path, capsys):
                "--", "TRAINER.COOP.NCTX", "4"])
     out = capsys.readouterr().out
     assert rc == 0 and "ERROR" in out and "config error (not counted" in out
+
+
+def test_top_level_overrides_after_a_list_option(tmp_path, capsys):
+    """'--methods CoOp SEED 2' / '--datasets X VERBOSE True': single-word keys are overrides too."""
+    for argv in (["--methods", "CoOp", "VERBOSE", "True"], ["--methods", "CoOp", "--datasets", "kvasir",
+                                                             "VERBOSE", "False"]):
+        rc = main(["--root", str(tmp_path), "--output", str(tmp_path / "out"), "--dry-run", *argv])
+        assert rc == 0, capsys.readouterr().err
+        assert "1 job(s)" in capsys.readouterr().out

@@ -37,7 +37,8 @@ def test_shared_prefix_pass_equals_the_plain_pass_values_and_gradients(tiny_clip
     enc = TextEncoder(tiny_clip.model)
     pl, _ = _coop_prompts(tiny_clip, NAMES)
     out = {}
-    for shared in (False, True):
+    for shared in (False, True):  # True: the unified context is one tensor, as PromptLearner says
+        assert pl.shares_prefix
         pl.zero_grad()
         t = enc(pl(), pl.eot_idx, shared_prefix=shared)
         (t.square().sum() + t[1].sum()).backward()
@@ -91,3 +92,32 @@ def test_shared_prefix_pass_really_processes_fewer_tokens(tiny_clip):
     n, length = len(NAMES), int(pl.eot_idx.max()) + 1
     assert rows[0] == n * length
     assert rows[1:] == [9, n * (length - 9)]  # the prefix once, then each sequence's own tokens
+
+
+def test_equal_rows_of_different_parameters_keep_their_own_gradients(tiny_clip):
+    """Class-specific contexts initialised from one phrase are equal in value but are different
+    parameters: by default ("auto") the shared pass is not used while gradients flow, so every
+    class gets its own gradient (a shared pass would give row 0 all of it)."""
+    enc = TextEncoder(tiny_clip.model)
+    pl = PromptLearner(tiny_clip.model, tiny_clip.tokenizer, NAMES, ctx_init="a photo of a", csc=True)
+    assert not pl.shares_prefix and shared_prefix_length(pl().detach()) == 5  # equal values
+    grads = {}
+    for mode in (False, "auto"):
+        pl.zero_grad()
+        enc(pl(), pl.eot_idx, shared_prefix=mode).square().sum().backward()
+        grads[mode] = pl.ctx.grad.clone()
+    assert _close(grads[False], grads["auto"])
+    assert (grads["auto"].flatten(1).norm(dim=1) > 0).all()  # every class's context is trained
+
+
+def test_groups_need_not_be_dense_or_contiguous(tiny_clip):
+    enc = TextEncoder(tiny_clip.model)
+    pl, base = _coop_prompts(tiny_clip, NAMES)
+    prompts = torch.cat([base, base + torch.cat([torch.zeros_like(base[:, :1]), torch.ones_like(base[:, 1:5]),
+                                                 torch.zeros_like(base[:, 5:])], 1)])
+    eot = pl.eot_idx.repeat(2)
+    groups = torch.tensor([7, 7, 7, 7, 2, 2, 2, 2])[torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])]
+    prompts = prompts[torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])]
+    eot = eot[torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])]
+    with torch.no_grad():
+        assert _close(enc(prompts, eot, shared_prefix=False), enc(prompts, eot, prefix_groups=groups))

@@ -134,9 +134,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     output = Path(args.output)
     opts = [o for o in args.opts if o != "--"]
+    from yacs.config import CfgNode
+
+    from ..engine.config import get_cfg_default
+
+    top_keys = {k for k, v in get_cfg_default().items() if not isinstance(v, CfgNode)}  # SEED, VERBOSE, ...
     for name in ("datasets", "methods"):  # "--methods CoOp OPTIM.MAX_EPOCH 5": the override is an opt
         values = getattr(args, name)
-        cut = next((i for i, v in enumerate(values) if "." in v and _looks_like_key(v)), None)
+        # a dotted upper-case key, or a top-level one (method names such as RPO or TCP are upper case too)
+        cut = next((i for i, v in enumerate(values) if _looks_like_key(v) and ("." in v or v in top_keys)), None)
         if cut is not None:
             opts = values[cut:] + opts
             setattr(args, name, values[:cut])

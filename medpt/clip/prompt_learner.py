@@ -99,6 +99,13 @@ class PromptLearner(nn.Module):
         self.register_buffer("eot_idx", eot)
         self.prompt_texts = prompts
 
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether every class prompt's context is one tensor (unified context, ``csc`` off): the
+        prompts' identical leading rows are then structurally shared, so the text tower may
+        compute them once with gradients (``TextEncoder(..., shared_prefix=True)``)."""
+        return not self.csc
+
     def forward(self) -> torch.Tensor:
         """Assemble the prompt embeddings.
 

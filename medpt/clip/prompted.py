@@ -137,7 +137,7 @@ def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tens
     frozen CLIP path, which needs no gradient for prompt learning, and each prompt token is a
     query against the original tokens' keys and values of the same block. This computes the same
     values as the masked joint pass (:func:`read_only_text_mask` / :func:`read_only_vision_mask`)
-    but runs the original tokens under ``no_grad`` (unless ``x`` itself requires a gradient) and
+    but runs the original tokens under ``no_grad`` (unless ``x`` or a block weight requires a gradient) and
     back-propagates only through the ``K`` prompt tokens: the backward through the tower shrinks
     from ``T + K`` tokens to ``K``.
 
@@ -169,7 +169,8 @@ def read_only_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, p: torch.Tens
         # grad_fn, which module hooks (e.g. torch's FLOP counter's module tracker) reject
         x, p = x.detach(), p.detach()
     width = x.shape[-1]
-    orig_grad = torch.is_grad_enabled() and x.requires_grad
+    # the original tokens need a graph only if something upstream or a block weight is trained
+    orig_grad = torch.is_grad_enabled() and (x.requires_grad or _any_grad(blocks))
     last = len(blocks) - 1
     for i, blk in enumerate(blocks):
         a = blk.attn

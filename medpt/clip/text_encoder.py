@@ -20,7 +20,10 @@ causal mask, ``ln_final``, the end-of-text token, ``text_projection``), with two
   so they are computed once (per group of sequences sharing them, e.g. per image for CoCoOp),
   and each sequence's remaining tokens attend to the shared keys/values, like a prefix
   key/value cache. Same values up to float summation order (tested); the tokens processed per
-  pass fall from ``N L`` to ``G P + N (L - P)``.
+  pass fall from ``N L`` to ``G P + N (L - P)``. While gradients flow it is used only when the
+  caller says the equal rows are one tensor (``shared_prefix=True``: a unified context); equal
+  values of different parameters (class-specific contexts from one init phrase) must each keep
+  their own gradient, so ``"auto"`` shares only without gradients.
 
 Source: ``open_clip/model.py:CLIP.encode_text``; ``KaiyangZhou/CoOp:trainers/coop.py:TextEncoder``.
 """
@@ -41,13 +44,16 @@ def shared_prefix_length(prompts: torch.Tensor, groups: Optional[torch.Tensor] =
         groups: ``[N]`` group ids (``None``: one group, all sequences).
 
     Returns:
-        ``P`` (0 when even the first token differs). Exact equality: a shared prefix is one the
-        values say is shared, whatever produced them.
+        ``P`` (0 when even the first token differs), by exact value equality. Equal values give
+        equal hidden states, but not equal gradients when the rows come from *different*
+        parameters that happen to be equal (e.g. class-specific contexts initialised from one
+        phrase): see ``shared_prefix`` in :meth:`TextEncoder.forward`.
     """
     with torch.no_grad():
         if groups is None:
             ref = prompts[:1]
         else:
+            groups = torch.unique(groups, return_inverse=True)[1]
             first = torch.full((int(groups.max()) + 1,), prompts.shape[0], dtype=torch.long, device=groups.device)
             first = first.scatter_reduce(0, groups, torch.arange(len(groups), device=groups.device), "amin")
             ref = prompts[first[groups]]
@@ -112,7 +118,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, prompts: torch.Tensor, eot_idx: torch.Tensor,
                 deep_prompts: Optional[Sequence[torch.Tensor]] = None, deep_start: int = 1,
-                truncate: bool = True, shared_prefix: bool = True,
+                truncate: bool = True, shared_prefix="auto",
                 prefix_groups: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encode prompt embeddings.
 
@@ -125,6 +131,11 @@ class TextEncoder(nn.Module):
             shared_prefix: compute a prefix shared by all sequences (or by each group of
                 ``prefix_groups``) once (see module doc); used when it saves at least a quarter
                 of the tokens and every deep prompt is shared (``[n, D]``) and lies in the prefix.
+                ``"auto"`` (default): only when no gradient flows into the prompts (inference,
+                constant prompts), because value-equal rows of *different* parameters must each
+                get their own gradient; ``True``: the caller guarantees the equal leading rows
+                are one tensor (a unified context expanded over classes, or per image for
+                CoCoOp), so gradients flow correctly through the shared pass; ``False``: never.
             prefix_groups: ``[N]`` group ids of sequences that share a prefix (e.g. the image of
                 each CoCoOp prompt); ``None``: all sequences.
 
@@ -135,6 +146,9 @@ class TextEncoder(nn.Module):
         if truncate and self.attn_mask is not None:
             length = int(eot_idx.max().item()) + 1
             prompts = prompts[:, :length]
+        if shared_prefix == "auto":
+            trainable = [t for t in [prompts, *(deep_prompts or [])] if t is not None and t.requires_grad]
+            shared_prefix = not (torch.is_grad_enabled() and trainable)
         if shared_prefix and self.attn_mask is not None and n > 1:
             out = self._try_shared_prefix(prompts, eot_idx, deep_prompts, deep_start, prefix_groups)
             if out is not None:
@@ -175,6 +189,7 @@ class TextEncoder(nn.Module):
                 return None
         if groups is None:
             groups = torch.zeros(n, dtype=torch.long, device=prompts.device)
+        groups = torch.unique(groups, return_inverse=True)[1]  # dense ids 0..G-1
         g = int(groups.max().item()) + 1
         if p_len < 1 or (n - g) * p_len < 0.25 * n * length or not _blocks_splittable(blocks):
             return None

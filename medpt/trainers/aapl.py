@@ -175,7 +175,8 @@ class AAPLCLIP(nn.Module):
         b, c = f.shape[0], self.learner.prompt_learner.n_cls
         eot = self.learner.prompt_learner.eot_idx.repeat(b)
         groups = torch.arange(b, device=eot.device).repeat_interleave(c)  # shared [SOS][attr + pi_b] per image
-        t = F.normalize(self.text_encoder(self.learner.prompts(meta), eot, prefix_groups=groups),
+        t = F.normalize(self.text_encoder(self.learner.prompts(meta), eot, shared_prefix=True,
+                                                                  prefix_groups=groups),
                         dim=-1).view(b, c, -1)
         logits = self.clip.logit_scale.exp() * torch.einsum("be,bce->bc", f, t)
         return logits, meta

@@ -102,7 +102,7 @@ class CoCoOpCLIP(nn.Module):
         eot = pl.eot_idx.repeat(f.shape[0])
         # the B*C prompts share [SOS][ctx + pi_b] per image: one prefix pass per image (exact)
         groups = torch.arange(f.shape[0], device=eot.device).repeat_interleave(pl.n_cls)
-        t = F.normalize(self.text_encoder(prompts, eot, prefix_groups=groups), dim=-1).view(f.shape[0], pl.n_cls, -1)
+        t = F.normalize(self.text_encoder(prompts, eot, shared_prefix=True, prefix_groups=groups), dim=-1).view(f.shape[0], pl.n_cls, -1)
         return self.clip.logit_scale.exp() * torch.einsum("be,bce->bc", f, t.to(f.dtype))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

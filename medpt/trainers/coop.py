@@ -57,7 +57,8 @@ class CoOpCLIP(nn.Module):
     def text_features(self) -> torch.Tensor:
         """``[C, E]`` normalised class text features from the current context vectors."""
         prompts = self.prompt_learner()
-        return F.normalize(self.text_encoder(prompts, self.prompt_learner.eot_idx), dim=-1)
+        return F.normalize(self.text_encoder(prompts, self.prompt_learner.eot_idx,
+                                             shared_prefix=self.prompt_learner.shares_prefix), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, E]`` unnormalised float32 features of the frozen image encoder."""

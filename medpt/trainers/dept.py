@@ -170,7 +170,7 @@ class DePTOnCoOp(_DePTMixin, CoOp):
         m = self.model
         with self.autocast():
             pl = m.prompt_learner
-            text_raw = m.text_encoder(pl(), pl.eot_idx).float()
+            text_raw = m.text_encoder(pl(), pl.eot_idx, shared_prefix=pl.shares_prefix).float()
             sim = (m.clip.logit_scale.exp() * F.normalize(feats, dim=-1) @ F.normalize(text_raw, dim=-1).t()).float()
             lp, lp_y = self.head.train_logits(text_raw, feats.float(), labels)
         loss = dept_loss(sim, labels, lp.float(), lp_y, self.lp_weight)

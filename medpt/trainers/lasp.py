@@ -99,7 +99,7 @@ class LASPCLIP(nn.Module):
     def text_features(self) -> torch.Tensor:
         """``[C, E]`` normalised learned class prototypes (with the bias ``w``)."""
         pl = self.prompt_learner
-        t = self.text_encoder(pl.text(), pl.text.eot_idx).float()
+        t = self.text_encoder(pl.text(), pl.text.eot_idx, shared_prefix=pl.text.shares_prefix).float()
         if pl.w is not None:
             t = t + pl.w
         return F.normalize(t, dim=-1)

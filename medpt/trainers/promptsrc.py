@@ -130,7 +130,8 @@ class PromptSRCCLIP(nn.Module):
     def text_features(self) -> torch.Tensor:
         """``[C, E]`` normalised student text features."""
         pl = self.prompt_learner
-        x = self.text_encoder(pl.text(), pl.text.eot_idx, deep_prompts=list(pl.text_deep))
+        x = self.text_encoder(pl.text(), pl.text.eot_idx, deep_prompts=list(pl.text_deep),
+                              shared_prefix=pl.text.shares_prefix)  # deep prompts: one [n, D] each
         return F.normalize(x.float(), dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

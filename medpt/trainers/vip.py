@@ -128,7 +128,8 @@ class ViPCLIP(nn.Module):
     def class_features(self) -> torch.Tensor:
         """``[C, E]`` normalised class features (one text pass over every descriptor prompt)."""
         lr = self.learner
-        t = self.text_encoder(lr.prompt_learner(), lr.prompt_learner.eot_idx)  # [N, E]
+        t = self.text_encoder(lr.prompt_learner(), lr.prompt_learner.eot_idx,  # [N, E]
+                              shared_prefix=lr.prompt_learner.shares_prefix)
         feats = t.new_zeros(*self.mask.shape, t.shape[-1])
         feats = feats.index_put((self.owner, self.slot), t)
         return F.normalize(lr.merge(lr.learnable_token, feats, self.mask), dim=-1)
