@@ -121,3 +121,37 @@ def test_groups_need_not_be_dense_or_contiguous(tiny_clip):
     eot = eot[torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])]
     with torch.no_grad():
         assert _close(enc(prompts, eot, shared_prefix=False), enc(prompts, eot, prefix_groups=groups))
+
+
+def test_deep_prompts_straddling_the_prefix_cilmp_layout(tiny_clip):
+    """CILMP's layout: [SOS][ctx (shared)][class prompt rows (per sequence)][name][.][EOT], and
+    per layer a deep prompt covering both: the shared context rows go to the prefix pass, the
+    per-sequence rows to each sequence. Values and gradients of both parts match the plain pass."""
+    enc = PromptedTextEncoder(tiny_clip.model)
+    names = NAMES + ["atelectasis", "nodule", "mass", "cardiomegaly"]  # enough prompts for the pass to pay
+    pl, base = _coop_prompts(tiny_clip, names)  # [C, L, D], prefix SOS + 4 ctx
+    c, d_model = base.shape[0], base.shape[-1]
+    rows = 3
+    ctx_deep = torch.randn(4, d_model, requires_grad=True)
+    cls_rows = torch.randn(c, rows, d_model, requires_grad=True)
+    cls_deep = torch.randn(c, rows, d_model, requires_grad=True)
+    prompts = torch.cat([base[:, :5].detach(), cls_rows, base[:, 5:-rows].detach()], dim=1)
+    eot = pl.eot_idx + rows
+    out = {}
+    for shared in (False, True):
+        for t in (ctx_deep, cls_rows, cls_deep):
+            t.grad = None
+        deep = [torch.cat([ctx_deep.unsqueeze(0).expand(c, -1, -1), cls_deep], dim=1)]
+        y = enc(prompts, eot, deep_prompts=deep, shared_prefix=shared)
+        y.square().sum().backward()
+        out[shared] = [y.detach()] + [t.grad.clone() for t in (ctx_deep, cls_rows, cls_deep)]
+    for a, b in zip(out[False], out[True]):
+        assert _close(a, b)
+    rows_seen = []
+    h = enc.transformer.resblocks[0].mlp.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[:-1].numel()))
+    try:
+        with torch.no_grad():
+            enc(prompts, eot, deep_prompts=deep, shared_prefix=True)
+    finally:
+        h.remove()
+    assert rows_seen[0] == 5  # the shared pass really ran: the prefix once

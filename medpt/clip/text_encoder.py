@@ -129,8 +129,10 @@ class TextEncoder(nn.Module):
             deep_start: first position the deep prompts replace (1 = right after SOS).
             truncate: cut sequences after the longest EOT (needs the causal mask).
             shared_prefix: compute a prefix shared by all sequences (or by each group of
-                ``prefix_groups``) once (see module doc); used when it saves at least a quarter
-                of the tokens and every deep prompt is shared (``[n, D]``) and lies in the prefix.
+                ``prefix_groups``) once (see module doc); used when it saves at least a tenth
+                of the tokens and every deep prompt's rows inside the prefix are shared (an
+                ``[n, D]`` tensor, or ``[N, n, D]`` rows equal within each group; rows past the
+                prefix may differ per sequence, e.g. CILMP's class prompts).
                 ``"auto"`` (default): only when no gradient flows into the prompts (inference,
                 constant prompts), because value-equal rows of *different* parameters must each
                 get their own gradient; ``True``: the caller guarantees the equal leading rows
@@ -183,18 +185,32 @@ class TextEncoder(nn.Module):
         blocks = self.transformer.resblocks
         p_len = shared_prefix_length(prompts, groups)
         p_len = min(p_len, int(eot_idx.min().item()))  # every EOT feature comes from the per-sequence part
-        deep = list(deep_prompts or [])
-        for d in deep:
-            if d is not None and (d.dim() != 2 or deep_start + d.shape[-2] > p_len):
-                return None
         if groups is None:
             groups = torch.zeros(n, dtype=torch.long, device=prompts.device)
         groups = torch.unique(groups, return_inverse=True)[1]  # dense ids 0..G-1
         g = int(groups.max().item()) + 1
-        if p_len < 1 or (n - g) * p_len < 0.25 * n * length or not _blocks_splittable(blocks):
+        if p_len < 1 or (n - g) * p_len < 0.1 * n * length or not _blocks_splittable(blocks):
             return None
         first = torch.full((g,), n, dtype=torch.long, device=groups.device)
         first = first.scatter_reduce(0, groups, torch.arange(n, device=groups.device), "amin")
+        # deep prompts: the rows inside the prefix must be shared (one [n, D] tensor, or rows of a
+        # per-sequence [N, n, D] tensor equal within each group); rows past it go to each sequence
+        plan = []
+        for d in list(deep_prompts or []):
+            if d is None:
+                plan.append(None)
+                continue
+            m = d.shape[-2]
+            k = min(m, max(0, p_len - deep_start))  # rows that fall inside the prefix
+            if d.dim() == 2:
+                pre = d[:k].unsqueeze(0).expand(g, -1, -1) if k else None
+                suf = d[k:].unsqueeze(0).expand(n, -1, -1) if k < m else None
+            else:
+                if k and not torch.equal(d[:, :k], d[first[groups], :k]):
+                    return None
+                pre = d[first, :k] if k else None
+                suf = d[:, k:] if k < m else None
+            plan.append((pre, suf, k, m))
         pos = self.positional_embedding[:length].to(prompts.dtype)
         p = prompts[first, :p_len] + pos[:p_len]  # [G, P, D]
         s = prompts[:, p_len:] + pos[p_len:]  # [N, L - P, D]
@@ -202,10 +218,13 @@ class TextEncoder(nn.Module):
         t = torch.arange(length, device=prompts.device)
         keep = (t[None, :] < p_len) | (t[None, :] - p_len <= j[:, None])  # [L - P, L]: prefix + causal
         for i, blk in enumerate(blocks):
-            if 1 <= i <= len(deep) and deep[i - 1] is not None:
-                d = deep[i - 1].to(p.dtype)
-                p = torch.cat([p[:, :deep_start], d.unsqueeze(0).expand(g, -1, -1),
-                               p[:, deep_start + d.shape[0]:]], dim=1)
+            if 1 <= i <= len(plan) and plan[i - 1] is not None:
+                pre, suf, k, m = plan[i - 1]
+                if pre is not None:
+                    p = torch.cat([p[:, :deep_start], pre.to(p.dtype), p[:, deep_start + k:]], dim=1)
+                if suf is not None:
+                    a0 = max(deep_start, p_len) - p_len
+                    s = torch.cat([s[:, :a0], suf.to(s.dtype), s[:, a0 + m - k:]], dim=1)
             a = blk.attn
             h = a.num_heads
             w, b = a.in_proj_weight, a.in_proj_bias

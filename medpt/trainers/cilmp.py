@@ -424,7 +424,9 @@ class CILMPCLIP(nn.Module):
         prompts = torch.cat([p.to(pl.ctx.dtype) for p in pieces], dim=1)
         eot = pl.eot_idx.repeat(b)
         deep = [torch.cat([seq(dp), seq(e[i + 1])], dim=1) if e else seq(dp) for i, dp in enumerate(pl.text_deep)]
-        x = self.text_encoder(prompts, eot, deep_prompts=deep)
+        # [SOS][ctx] and the context rows of every deep prompt are one tensor each, expanded over
+        # the B x C prompts: the text tower computes that prefix once (exact, see TextEncoder)
+        x = self.text_encoder(prompts, eot, deep_prompts=deep, shared_prefix=True)
         x = F.normalize(x.float(), dim=-1)
         return x.reshape(b, c, -1) if cond else x
 
