@@ -327,8 +327,7 @@ def measure_method(method: str, ds, tmp: Path, backbone, args, prec: str, batch:
     for name, (b, x) in variants.items():
         if trains:
             fns[f"train_{name}"] = _train_fn(tr, b)
-        if x is not None:
-            fns[f"eval_{name}"] = _eval_fn(tr, x)
+        fns[f"eval_{name}"] = _eval_fn(tr, x)
     if trains and teacher:  # the bank's loader swapped in for the cached step only
         fns["train_cached"] = _swapped_step(tr, "train_loader_x", bank_loader, cached_batch)
     if trains and hasattr(tr, "teacher_image_features") and hasattr(tr, "feature_bank"):

@@ -51,7 +51,6 @@ class JobCost:
     train_s: Optional[float]
     train_cached_s: Optional[float]
     eval_s: Optional[float]
-    eval_cached_s: Optional[float] = None
     error: str = ""
 
 
@@ -86,7 +85,7 @@ def _ref_seconds(results: Dict[str, Dict]) -> Tuple[float, float]:
     return statistics.median(tr), statistics.median(ev)
 
 
-def _sizes(job, cfg, status: Optional[Dict]) -> Tuple[int, int, str]:
+def _sizes(cfg, status: Optional[Dict]) -> Tuple[int, int, str]:
     from ..engine.registry import DATASET_REGISTRY
 
     if status and not status.get("error") and "n_train" in status:
@@ -125,7 +124,7 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
             out.append(JobCost(job.method, job.dataset, job.seed, 0, 0, "unknown", 0, 0, None, None, None,
                                error=f"{type(err).__name__}: {err}"))
             continue
-        n_train, n_test, src = _sizes(job, cfg, status[i] if status else None)
+        n_train, n_test, src = _sizes(cfg, status[i] if status else None)
         cls = TRAINER_REGISTRY.get(job.method)
         epochs = cls.planned_epochs(cfg) if getattr(cls, "REQUIRES_TRAINING", True) else 0
         batch = int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
@@ -135,8 +134,6 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
         tr = r.get("train_uncached_ratio")
         tc = r.get("train_cached_ratio", tr)
         ev = r.get("eval_uncached_ratio")
-        evc = r.get("eval_cached_ratio", ev)
-        eval_cached_s = None
         if not r:  # not measured
             train_s = cached_s = eval_s = None
         else:
@@ -146,12 +143,10 @@ def estimate_jobs(jobs: Sequence, results: Dict[str, Dict], status: Optional[Seq
                 train_s = cached_s = n_train * ref_eval / MEASURED_BATCH
             else:
                 train_s, cached_s = steps * tr * per_step, steps * tc * per_step
+            # one test pass: through the cache too, the test images are encoded once per job
             eval_s = n_test * ev * ref_eval / MEASURED_BATCH if ev is not None else None
-            # through the cache: test features are encoded once, then each pass is the head alone
-            eval_cached_s = (n_test * ev + n_test * evc) * ref_eval / MEASURED_BATCH if evc is not None \
-                and "eval_cached_ratio" in r else eval_s
         out.append(JobCost(job.method, job.dataset, job.seed, n_train, n_test, src, epochs, batch,
-                           train_s, cached_s, eval_s, eval_cached_s))
+                           train_s, cached_s, eval_s))
     return out
 
 
@@ -159,21 +154,18 @@ def summary_lines(costs: Sequence[JobCost], meta: Dict, speed_file: Path | str) 
     """The dry run's estimate: a per-method table, totals, and the assumptions."""
     from tabulate import tabulate
 
+    failed = [c for c in costs if c.error]
+    costs = [c for c in costs if not c.error]
     by_method: Dict[str, List[JobCost]] = {}
     for c in costs:
         by_method.setdefault(c.method, []).append(c)
     rows, tot, tot_cached, missing = [], 0.0, 0.0, []
-    failed = [c for c in costs if c.error]
-    costs = [c for c in costs if not c.error]
-    by_method = {m: [c for c in cs if not c.error] for m, cs in by_method.items()}
     for m, cs in by_method.items():
-        if not cs:
-            continue
         if any(c.train_s is None or c.eval_s is None for c in cs):
             missing.append(m)
             continue
         t = sum(c.train_s + c.eval_s for c in cs)
-        tc = sum(c.train_cached_s + (c.eval_cached_s if c.eval_cached_s is not None else c.eval_s) for c in cs)
+        tc = sum(c.train_cached_s + c.eval_s for c in cs)
         tot, tot_cached = tot + t, tot_cached + tc
         rows.append([m, len(cs), f"{t / 3600:.1f}", f"{tc / 3600:.1f}"])
     rows.append(["total", len(costs), f"{tot / 3600:.1f}", f"{tot_cached / 3600:.1f}"])

@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -198,9 +199,7 @@ class BankViewDataset(SeededViewDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose each image's view for ``epoch`` (0-based); the same draw as :class:`CachedFeatureLoader`."""
-        if self.bank.num_views > 1:
-            g = torch.Generator().manual_seed(derive_seed(self.sample_seed, epoch, -1))
-            self.views = torch.randint(self.bank.num_views, (len(self.data),), generator=g)
+        self.views = draw_views(self.bank, epoch, self.sample_seed)
 
     def __getitem__(self, i: int) -> dict:
         return self.item_with_feature(i, int(self.views[i]))
@@ -318,6 +317,11 @@ class FeatureBank:
     def __len__(self) -> int:
         return int(self.features.shape[1])
 
+    def random_view(self) -> int:
+        """A view index drawn uniformly with Python's ``random`` (checkpointed with the run's RNG
+        state); 0 without drawing when there is one view."""
+        return random.randrange(self.num_views) if self.num_views > 1 else 0
+
 
 def build_feature_bank(encode_fn: Callable[[torch.Tensor], torch.Tensor], dataset, data: Sequence,
                        transform: Callable, *, base_key: Optional[Dict], cache: Optional[FeatureCache],
@@ -365,6 +369,16 @@ def build_feature_bank(encode_fn: Callable[[torch.Tensor], torch.Tensor], datase
     return FeatureBank(torch.stack(feats), labels)
 
 
+def draw_views(bank: "FeatureBank", epoch: int, sample_seed: int) -> torch.Tensor:
+    """``[N]`` the view each image uses in ``epoch``: uniform over the bank's views, from a
+    generator seeded by ``(sample_seed, epoch)`` (so a resumed run draws the same); all 0 for a
+    single view."""
+    if bank.num_views <= 1:
+        return torch.zeros(len(bank), dtype=torch.long)
+    g = torch.Generator().manual_seed(derive_seed(sample_seed, epoch, -1))
+    return torch.randint(bank.num_views, (len(bank),), generator=g)
+
+
 class CachedFeatureLoader:
     """Training batches from a :class:`FeatureBank`, in the order the image loader would use.
 
@@ -390,9 +404,7 @@ class CachedFeatureLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose each image's view for ``epoch`` (0-based)."""
-        if self.bank.num_views > 1:
-            g = torch.Generator().manual_seed(derive_seed(self.sample_seed, epoch, -1))
-            self.views = torch.randint(self.bank.num_views, (len(self.bank),), generator=g)
+        self.views = draw_views(self.bank, epoch, self.sample_seed)
 
     def __len__(self) -> int:
         return len(self._index)

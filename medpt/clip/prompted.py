@@ -122,8 +122,8 @@ def read_only_vision_mask(n_tokens: int, n_prompts: int, device=None) -> torch.T
 
 
 def _any_grad(blocks: Sequence[nn.Module]) -> bool:
-    """Whether any weight of the blocks is trained (the two-stream pass assumes frozen blocks:
-    it runs the original tokens without gradient)."""
+    """Whether any weight of the blocks is trained (then the original tokens' stream keeps its
+    graph too: the two-stream pass stays exact, it only saves less)."""
     return any(p.requires_grad for blk in blocks for p in blk.parameters())
 
 
@@ -256,7 +256,7 @@ class PromptedTextEncoder(TextEncoder):
         if need > length:
             raise ValueError(f"{k} read-only prompts do not fit after EOT at {int(eot_idx.max())} in a "
                              f"{length}-token context; shorten the template/class names or lower K")
-        if split and _blocks_splittable(self.transformer.resblocks) and not _any_grad(self.transformer.resblocks):
+        if split and _blocks_splittable(self.transformer.resblocks):
             t = int(eot_idx.max().item()) + 1
             x = prompts[:, :t] + self.positional_embedding[:t].to(prompts.dtype)
             p = ro_prompts.to(x.dtype)[None].expand(n, -1, -1)
@@ -283,11 +283,6 @@ class PromptedTextEncoder(TextEncoder):
         eot = self._project(x[torch.arange(n, device=x.device), eot_idx])
         ro = self._project(x[rows, cols])
         return eot, ro
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x @ self.text_projection
 
 
 class PromptedVisionEncoder(nn.Module):
@@ -386,8 +381,7 @@ class PromptedVisionEncoder(nn.Module):
         if len(deep) > self.n_layers - 1:
             raise ValueError(f"{len(deep)} deep prompt layers for a {self.n_layers}-block tower")
         if (split and read_only and n and not any(d is not None for d in deep) and not len(self.ln_overrides)
-                and output != "tokens" and _blocks_splittable(v.transformer.resblocks)
-                and not _any_grad(v.transformer.resblocks)):
+                and output != "tokens" and _blocks_splittable(v.transformer.resblocks)):
             return self._forward_read_only_split(x, n, output, images.requires_grad)
         x = self._ln("ln_pre", v.ln_pre)(x)
         mask = read_only_vision_mask(x.shape[1], n, x.device).to(x.dtype) if read_only and n else None

@@ -53,12 +53,19 @@ def shared_prefix_length(prompts: torch.Tensor, groups: Optional[torch.Tensor] =
         if groups is None:
             ref = prompts[:1]
         else:
-            groups = torch.unique(groups, return_inverse=True)[1]
-            first = torch.full((int(groups.max()) + 1,), prompts.shape[0], dtype=torch.long, device=groups.device)
-            first = first.scatter_reduce(0, groups, torch.arange(len(groups), device=groups.device), "amin")
+            groups, first = _group_first(groups)
             ref = prompts[first[groups]]
         same = (prompts == ref).all(dim=-1).all(dim=0)  # [L]
         return int(torch.cumprod(same.to(torch.int64), 0).sum().item())
+
+
+def _group_first(groups: torch.Tensor) -> tuple:
+    """``([N] dense group ids 0..G-1, [G] index of each group's first sequence)``."""
+    groups = torch.unique(groups, return_inverse=True)[1]
+    n = len(groups)
+    first = torch.full((int(groups.max()) + 1,), n, dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, groups, torch.arange(n, device=groups.device), "amin")
+    return groups, first
 
 
 def _blocks_splittable(blocks) -> bool:
@@ -169,12 +176,10 @@ class TextEncoder(nn.Module):
         if not batch_first:
             x = x.transpose(0, 1)
         x = self.ln_final(x)
-        x = x[torch.arange(n, device=x.device), eot_idx]
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x @ self.text_projection
+        return self._project(x[torch.arange(n, device=x.device), eot_idx])
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., W]`` -> ``[..., E]`` through ``text_projection`` (a matrix or ``nn.Linear``)."""
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
@@ -185,14 +190,11 @@ class TextEncoder(nn.Module):
         blocks = self.transformer.resblocks
         p_len = shared_prefix_length(prompts, groups)
         p_len = min(p_len, int(eot_idx.min().item()))  # every EOT feature comes from the per-sequence part
-        if groups is None:
-            groups = torch.zeros(n, dtype=torch.long, device=prompts.device)
-        groups = torch.unique(groups, return_inverse=True)[1]  # dense ids 0..G-1
-        g = int(groups.max().item()) + 1
+        groups, first = _group_first(torch.zeros(n, dtype=torch.long, device=prompts.device)
+                                     if groups is None else groups)
+        g = len(first)
         if p_len < 1 or (n - g) * p_len < 0.1 * n * length or not _blocks_splittable(blocks):
             return None
-        first = torch.full((g,), n, dtype=torch.long, device=groups.device)
-        first = first.scatter_reduce(0, groups, torch.arange(n, device=groups.device), "amin")
         # deep prompts: the rows inside the prefix must be shared (one [n, D] tensor, or rows of a
         # per-sequence [N, n, D] tensor equal within each group); rows past it go to each sequence
         plan = []

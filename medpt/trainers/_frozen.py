@@ -163,6 +163,7 @@ class FeatureBankMixin:
             return True
         return int(self.cache_cfg.NUM_VIEWS) > 0
 
+
 class FrozenImageEncoderTrainer(FeatureBankMixin, TrainerX):
     """TrainerX whose methods consume frozen image features (see module doc)."""
 

@@ -243,8 +243,7 @@ class AAPL(TeacherFeatureBankMixin, TrainerX):
             if bank is None:
                 imgs.append(self._pair_data[j]["img"])
             else:
-                v = random.randrange(bank.bank.num_views) if bank.bank.num_views > 1 else 0
-                item = bank.item_with_feature(j, v)
+                item = bank.item_with_feature(j, bank.bank.random_view())
                 imgs.append(item["img"])
                 feats.append(item["teacher_feat"])
         f = torch.stack(feats).to(self.device).float() if feats else None

@@ -377,8 +377,8 @@ class CoPrompt(FeatureBankMixin, ClassTextCacheMixin, TrainerX):
         if self.method_cfg.W and self.uses_cached_training() and getattr(self, "view_bank", None) is None:
             t0 = time.time()
             self.view_bank = self.build_view_bank()
-            if self.method_cfg.AUGMENT == "randaugment" or is_random_transform(self.cfg):
-                self.note_view_bank(self.view_bank, "the teacher's second views", random_views=True)
+            self.note_view_bank(self.view_bank, "the teacher's second views",
+                                random_views=True if self.method_cfg.AUGMENT == "randaugment" else None)
             self.timings["feature_cache_s"] = self.timings.get("feature_cache_s", 0.0) + time.time() - t0
         super().train(resume)
 
@@ -399,7 +399,7 @@ class CoPrompt(FeatureBankMixin, ClassTextCacheMixin, TrainerX):
         if bank is None:
             return self.encode_images(self.second_view(batch))
         idx = batch["index"].tolist()
-        views = [random.randrange(bank.num_views) if bank.num_views > 1 else 0 for _ in idx]
+        views = [bank.random_view() for _ in idx]
         return bank.features[views, idx].to(self.device).float()
 
     def forward_backward(self, batch) -> Dict[str, float]:
